@@ -1,0 +1,35 @@
+# Runtime pieces shared by every config. `work_dir` is not set here: pass `--work-dir` on the CLI
+# (xtuner/mmengine default to ./work_dirs/<config name>).
+from mmengine.hooks import (
+    CheckpointHook,
+    DistSamplerSeedHook,
+    IterTimerHook,
+    LoggerHook,
+    ParamSchedulerHook,
+)
+
+save_steps = 500
+save_total_limit = 2
+
+default_hooks = dict(
+    timer=dict(type=IterTimerHook),
+    logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=10),
+    param_scheduler=dict(type=ParamSchedulerHook),
+    checkpoint=dict(
+        type=CheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit
+    ),
+    sampler_seed=dict(type=DistSamplerSeedHook),
+)
+
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+    dist_cfg=dict(backend="nccl"),
+)
+
+visualizer = None
+log_level = "INFO"
+load_from = None
+resume = False
+randomness = dict(seed=None, deterministic=False)
+log_processor = dict(by_epoch=False)

@@ -1,0 +1,1 @@
+"""HG-LMM: pixel-level grounding for frozen large multimodal models."""

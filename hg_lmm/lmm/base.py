@@ -1,0 +1,69 @@
+"""What every frozen-LMM adapter exposes: a dims record and one features record per sample.
+
+The head family never looks at the LMM itself; it only reads `LMMDims` (to size its layers) and
+`LMMFeatures` (the tensors of one sample). A new LMM is supported by writing an adapter that fills
+these two records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class LMMDims:
+    """Sizes of a frozen LMM, as the heads need them.
+
+    Arguments:
+      num_layers: L, decoder layers whose attentions and hidden states are exposed.
+      num_heads: H, attention heads per decoder layer.
+      hidden_size: D, width of the decoder hidden states.
+      grid: g, side of the image-token grid (N = g * g image tokens).
+      vision_channels: C, width of each projected vision feature (the LMM's projector output).
+      vision_layers: the vision-tower blocks (0-based) whose projected outputs form `vision`.
+      image_size: S, side of the square `pixel_values` the vision tower receives.
+    """
+
+    num_layers: int
+    num_heads: int
+    hidden_size: int
+    grid: int
+    vision_channels: int
+    vision_layers: tuple[int, ...]
+    image_size: int
+
+    @property
+    def attn_channels(self) -> int:
+        """L * H: channels of one phrase's stacked attention maps."""
+        return self.num_layers * self.num_heads
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.grid * self.grid
+
+
+@dataclass
+class LMMFeatures:
+    """Frozen-LMM features of one sample, restricted to its T caption (or answer) tokens.
+
+    Fields:
+      attn: [L, H, T, g, g] attention probabilities from caption tokens to the image tokens.
+      hidden: [L, T, D] hidden states (HF `hidden_states[1:]`, the last one after the final norm).
+      vision: [V, N, C] multi-layer vision features through the LMM's own projector.
+      pixel_values: [3, S, S] the tensor the vision tower received.
+      mask_ids: [T] long, the phrase index of each token or -1.
+      meta: processor record: image_shape, padded_shape, padding (see hg_lmm.lmm.processors).
+      token_ids: [T] long, the caption token ids (for decoding and debugging).
+    """
+
+    attn: torch.Tensor
+    hidden: torch.Tensor
+    vision: torch.Tensor
+    pixel_values: torch.Tensor
+    mask_ids: torch.Tensor
+    meta: dict[str, Any]
+    token_ids: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)

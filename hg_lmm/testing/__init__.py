@@ -1,0 +1,1 @@
+"""Helpers for tests, demos and benchmarks: tiny random models and golden-fixture rebuilding."""
