@@ -1,0 +1,104 @@
+"""LLaVA-1.5 as a frozen LMM, on the stock `transformers.LlavaForConditionalGeneration`.
+
+No patched source: the vision tower runs once with `output_hidden_states=True`; its penultimate
+layer feeds the decoder exactly as LLaVA does, and the selected layers (CLS dropped) go through the
+same `multi_modal_projector` to give the multi-layer vision features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+
+from hg_lmm.lmm.adapter import EmbeddedInputs, FrozenLMMAdapter
+from hg_lmm.lmm.base import LMMDims
+
+DEFAULT_VISION_LAYERS = (3, 6, 9, 12, 15, 18, 20, 23)
+# Only the INSTRUCTION part of xtuner's vicuna template, without SYSTEM (as the reference trains).
+TRAIN_PROMPT = "USER: <image>\nPlease give me a description of the image. ASSISTANT:"
+CHAT_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
+IMAGE_TOKEN = "<image>"
+
+
+class LlavaAdapter(FrozenLMMAdapter):
+    """Frozen LLaVA-1.5.
+
+    Arguments:
+      lmm: a `LlavaForConditionalGeneration` loaded with `attn_implementation="eager"`.
+      tokenizer: its tokenizer (must know `<image>`).
+      processor: image -> (pixel_values [3, S, S], meta): long side to S, centred pad, CLIP norm.
+      vision_layers: CLIP blocks (0-based) whose outputs form the vision features.
+    """
+
+    def __init__(
+        self,
+        *,
+        lmm: torch.nn.Module,
+        tokenizer: Any,
+        processor: Callable[[Image.Image], tuple[torch.Tensor, dict]],
+        vision_layers: Sequence[int] = DEFAULT_VISION_LAYERS,
+    ) -> None:
+        cfg = lmm.config
+        vcfg, tcfg = cfg.vision_config, cfg.text_config
+        depth = vcfg.num_hidden_layers
+        if any(not 0 <= i < depth for i in vision_layers):
+            raise ValueError(
+                f"vision_layers {tuple(vision_layers)} do not fit the {depth}-block CLIP tower; "
+                "pass vision_layers= with indices below the tower depth"
+            )
+        if cfg.vision_feature_select_strategy != "default":
+            raise ValueError("only vision_feature_select_strategy='default' (CLS dropped) is supported")
+        dims = LMMDims(
+            num_layers=tcfg.num_hidden_layers,
+            num_heads=tcfg.num_attention_heads,
+            hidden_size=tcfg.hidden_size,
+            grid=vcfg.image_size // vcfg.patch_size,
+            vision_channels=tcfg.hidden_size,
+            vision_layers=tuple(vision_layers),
+            image_size=vcfg.image_size,
+        )
+        super().__init__(lmm=lmm, tokenizer=tokenizer, dims=dims)
+        self.processor = processor
+        self.image_token_id = cfg.image_token_index
+        if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != self.image_token_id:
+            raise ValueError(f"the tokenizer's {IMAGE_TOKEN} id differs from config.image_token_index")
+
+    @property
+    def language_model(self) -> torch.nn.Module:
+        return self.lmm.language_model
+
+    @property
+    def train_prompt(self) -> str:
+        return TRAIN_PROMPT
+
+    def chat_prompt(self, question: str) -> str:
+        return CHAT_TEMPLATE.format(question=question)
+
+    def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, dict]:
+        return self.processor(image)
+
+    def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[1, 3, S, S] -> (decoder image embeddings [N, D], vision features [V, N, C])."""
+        out = self.lmm.vision_tower(pixel_values, output_hidden_states=True)
+        states = out.hidden_states  # [0] = embeddings, [i + 1] = output of block i
+        project = self.lmm.multi_modal_projector
+        image_embeds = project(states[self.lmm.config.vision_feature_layer][:, 1:])[0]
+        picked = torch.cat([states[i + 1][:, 1:] for i in self.dims.vision_layers])
+        return image_embeds, project(picked)
+
+    def embed_inputs(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> EmbeddedInputs:
+        """The single `<image>` token is replaced by the N image embeddings, as LLaVA merges them."""
+        where = (input_ids == self.image_token_id).nonzero().flatten()
+        if len(where) != 1:
+            raise ValueError(f"expected exactly one {IMAGE_TOKEN} token, found {len(where)}")
+        i, n = int(where[0]), image_embeds.shape[0]
+        text = self.lmm.get_input_embeddings()(input_ids)
+        embeds = torch.cat([text[:i], image_embeds.to(text.dtype), text[i + 1 :]])[None]
+        positions = torch.arange(len(input_ids), device=input_ids.device)
+        positions = torch.where(positions > i, positions + n - 1, positions)
+        positions[i] = -1
+        image_positions = torch.arange(i, i + n, device=input_ids.device)
+        return EmbeddedInputs(embeds, image_positions, positions)
