@@ -1,4 +1,4 @@
-"""Shared pytest set-up: offline, deterministic, CPU-friendly; tiny models built once per session."""
+"""Shared pytest set-up: offline, deterministic, CPU-only; tiny models built once per session."""
 
 from __future__ import annotations
 

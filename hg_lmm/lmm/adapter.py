@@ -82,7 +82,7 @@ class FrozenLMMAdapter(nn.Module, ABC):
 
     @abstractmethod
     def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[1, 3, S, S] -> (image embeddings fed to the decoder [N, D], vision features [V, N, C])."""
+        """[1, 3, S, S] -> (decoder image embeddings [N, D], vision features [V, N, C])."""
 
     @abstractmethod
     def embed_inputs(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> EmbeddedInputs:
@@ -184,12 +184,14 @@ class FrozenLMMAdapter(nn.Module, ABC):
     def generate_ids(
         self, input_ids: torch.Tensor, pixel_values: torch.Tensor, max_new_tokens: int
     ) -> torch.Tensor:
-        """Greedy decoding from the prompt; returns the new token ids [T_new] (stop token dropped)."""
+        """Greedy decoding from the prompt; the new token ids [T_new] (stop token dropped)."""
         image_embeds, _ = self.encode_image(pixel_values.to(self.device, self.dtype)[None])
         inputs = self.embed_inputs(input_ids.to(self.device), image_embeds)
         out = self.language_model.generate(
             inputs_embeds=inputs.embeds,
-            attention_mask=torch.ones(inputs.embeds.shape[:2], dtype=torch.long, device=self.device),
+            attention_mask=torch.ones(
+                inputs.embeds.shape[:2], dtype=torch.long, device=self.device
+            ),
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,

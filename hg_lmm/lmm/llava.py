@@ -50,7 +50,9 @@ class LlavaAdapter(FrozenLMMAdapter):
                 "pass vision_layers= with indices below the tower depth"
             )
         if cfg.vision_feature_select_strategy != "default":
-            raise ValueError("only vision_feature_select_strategy='default' (CLS dropped) is supported")
+            raise ValueError(
+                "only vision_feature_select_strategy='default' (CLS dropped) is supported"
+            )
         dims = LMMDims(
             num_layers=tcfg.num_hidden_layers,
             num_heads=tcfg.num_attention_heads,
@@ -64,7 +66,9 @@ class LlavaAdapter(FrozenLMMAdapter):
         self.processor = processor
         self.image_token_id = cfg.image_token_index
         if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != self.image_token_id:
-            raise ValueError(f"the tokenizer's {IMAGE_TOKEN} id differs from config.image_token_index")
+            raise ValueError(
+                f"the tokenizer's {IMAGE_TOKEN} id differs from config.image_token_index"
+            )
 
     @property
     def language_model(self) -> torch.nn.Module:
@@ -90,7 +94,7 @@ class LlavaAdapter(FrozenLMMAdapter):
         return image_embeds, project(picked)
 
     def embed_inputs(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> EmbeddedInputs:
-        """The single `<image>` token is replaced by the N image embeddings, as LLaVA merges them."""
+        """The one `<image>` token is replaced by the N image embeddings, as LLaVA merges them."""
         where = (input_ids == self.image_token_id).nonzero().flatten()
         if len(where) != 1:
             raise ValueError(f"expected exactly one {IMAGE_TOKEN} token, found {len(where)}")

@@ -65,7 +65,10 @@ def tiny_tokenizer(kind: str, save_dir: str | Path, vocab_size: int = 400):
         tok.decoder = decoders.ByteLevel()
         alphabet = pre_tokenizers.ByteLevel.alphabet()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=alphabet,
+        show_progress=False,
     )
     tok.train_from_iterator(_CORPUS, trainer=trainer)
     fast = LlamaTokenizerFast(

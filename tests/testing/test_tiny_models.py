@@ -40,8 +40,10 @@ def test_tiny_llava_forward_and_round_trip(tiny_llava, tmp_path):
     from transformers import LlavaForConditionalGeneration
 
     model, tok, _ = tiny_llava
-    enc = tok(["USER: <image>\nPlease give me a description of the image. ASSISTANT: the red circle"],
-              return_tensors="pt")
+    enc = tok(
+        ["USER: <image>\nPlease give me a description of the image. ASSISTANT: the red circle"],
+        return_tensors="pt",
+    )
     size = model.config.vision_config.image_size
     pixels = torch.randn(1, 3, size, size)
     start = time.perf_counter()

@@ -1,0 +1,211 @@
+"""Save and load the trainable state of a model; read every checkpoint format we meet.
+
+What is saved: trainable parameters *and the buffers of the modules that own them* (BatchNorm
+running statistics). The reference saver kept only parameters, so its BN statistics were lost; a
+frozen part (the LMM, SAM's image encoder) is never saved.
+
+What can be loaded: our own `.pth`/`.safetensors`, released HG-LMM and F-LMM head checkpoints (their
+names are the head's own names, without our `head.` prefix), and DeepSpeed checkpoint folders. Files
+are read with `torch.load(weights_only=True)` or safetensors; anything that needs arbitrary
+unpickling is refused unless the caller opts in (`unsafe=True`, the CLIs' `--unsafe-load`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# Prefixes that wrappers add around a state dict (DDP/DeepSpeed `module.`, mmengine's `state_dict`).
+_WRAPPER_PREFIXES = ("module.",)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model; the message says what to do."""
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters plus the buffers of every module that has a trainable parameter.
+
+    Returns a flat {name: tensor (detached, on CPU)} in `model.state_dict()` naming.
+    """
+    keep: dict[str, torch.Tensor] = {}
+    for mod_name, module in model.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        if not any(p.requires_grad for _, p in own):
+            continue
+        prefix = f"{mod_name}." if mod_name else ""
+        for name, p in own:
+            if p.requires_grad:
+                keep[prefix + name] = p
+        for name, b in module.named_buffers(recurse=False):
+            if b is not None and name not in module._non_persistent_buffers_set:
+                keep[prefix + name] = b
+    return {k: v.detach().cpu().clone() for k, v in keep.items()}
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta: object) -> Path:
+    """Write the trainable state to `path` (.safetensors or a weights-only-loadable .pth).
+
+    The write is atomic (temp file + rename), so an interrupted save never leaves a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = trainable_state_dict(model)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(
+            {k: v.contiguous() for k, v in state.items()},
+            str(tmp),
+            metadata={k: str(v) for k, v in meta.items()},
+        )
+    else:
+        torch.save({"state_dict": state, "meta": {k: str(v) for k, v in meta.items()}}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _torch_load(path: Path, unsafe: bool) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not unsafe)
+    except Exception as err:
+        refused = "Unpickl" in type(err).__name__ or "weights only" in str(err).lower()
+        if unsafe or not refused:
+            raise CheckpointError(f"could not read checkpoint {path}: {err}") from err
+        raise CheckpointError(
+            f"{path} holds Python objects beyond tensors, and loading it would run arbitrary "
+            "code from the file. If you trust where it came from, pass --unsafe-load "
+            "(load_state(..., unsafe=True)); otherwise convert it to tensors only, e.g. "
+            "`python scripts/deepspeed2torch_state_dict.py` for DeepSpeed folders."
+        ) from err
+
+
+def _deepspeed_model_file(folder: Path) -> Path:
+    """The model-states file inside a DeepSpeed checkpoint folder (or its `latest` tag)."""
+    candidates = sorted(folder.glob("mp_rank_*_model_states.pt"))
+    if not candidates and (folder / "latest").is_file():
+        tag = (folder / "latest").read_text().strip()
+        candidates = sorted((folder / tag).glob("mp_rank_*_model_states.pt"))
+    if not candidates:
+        candidates = sorted(folder.glob("*/mp_rank_*_model_states.pt"))
+    if not candidates:
+        raise CheckpointError(
+            f"{folder} is a folder but holds no DeepSpeed `mp_rank_*_model_states.pt`; pass the "
+            "checkpoint folder written by `xtuner train --deepspeed` or a .pth/.safetensors file"
+        )
+    return candidates[-1]
+
+
+def read_state_dict(path: str | os.PathLike, *, unsafe: bool = False) -> dict[str, torch.Tensor]:
+    """Read a flat {name: tensor} from a file or a DeepSpeed folder (see the module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; see checkpoints/README.md for where files go"
+        )
+    if path.is_dir():
+        obj = _torch_load(_deepspeed_model_file(path), unsafe)
+        obj = obj.get("module", obj) if isinstance(obj, Mapping) else obj
+    elif path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj = load_file(str(path))
+    else:
+        obj = _torch_load(path, unsafe)
+        if isinstance(obj, Mapping):
+            for key in ("state_dict", "model", "module"):
+                if key in obj and isinstance(obj[key], Mapping):
+                    obj = obj[key]
+                    break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    state = {}
+    for k, v in obj.items():
+        for p in _WRAPPER_PREFIXES:
+            if k.startswith(p):
+                k = k[len(p) :]
+        state[k] = v
+    return state
+
+
+@dataclass
+class LoadReport:
+    """What a load did: loaded keys, trainable keys missing from the file, unknown file keys."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors"]
+        for title, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("ignored", self.ignored),
+        ):
+            if keys:
+                shown = ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else "")
+                lines.append(f"{title} ({len(keys)}): {shown}")
+        return "; ".join(lines)
+
+
+def load_state(
+    model: nn.Module,
+    source: str | os.PathLike | Mapping[str, torch.Tensor],
+    *,
+    head_prefix: str = "head.",
+    ignored_prefixes: Iterable[str] = (),
+    strict: bool = True,
+    unsafe: bool = False,
+) -> LoadReport:
+    """Load a checkpoint's trainable state into `model` and report what matched.
+
+    Released head checkpoints name tensors as the head does (`lifg.conv1.weight`); ours carry the
+    model's `head.` prefix. Keys under `ignored_prefixes` (e.g. the reference 7B's unused
+    `cliplayer.`) are dropped with a log line. With `strict`, any missing trainable key or
+    unexpected key raises `CheckpointError` carrying the report.
+    """
+    state = dict(source) if isinstance(source, Mapping) else read_state_dict(source, unsafe=unsafe)
+    expected = trainable_state_dict(model).keys()
+    own = model.state_dict()
+    report = LoadReport()
+    ignored = tuple(ignored_prefixes)
+    to_load: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        bare = key[len(head_prefix) :] if key.startswith(head_prefix) else key
+        if ignored and bare.startswith(ignored):
+            report.ignored.append(key)
+            continue
+        name = key if key in own else head_prefix + key
+        if name not in own:
+            report.unexpected.append(key)
+            continue
+        if own[name].shape != value.shape:
+            raise CheckpointError(
+                f"{name}: checkpoint shape {tuple(value.shape)} != model shape "
+                f"{tuple(own[name].shape)}; is the config the one this checkpoint was trained with?"
+            )
+        to_load[name] = value
+    report.loaded = sorted(to_load)
+    report.missing = sorted(set(expected) - set(to_load))
+    if report.ignored:
+        logger.info(
+            "ignored %d checkpoint tensors not used by this model (%s...)",
+            len(report.ignored),
+            report.ignored[0],
+        )
+    if strict and (report.missing or report.unexpected):
+        raise CheckpointError(f"checkpoint does not fit the model: {report}")
+    model.load_state_dict(to_load, strict=False)
+    logger.info("checkpoint: %s", report)
+    return report

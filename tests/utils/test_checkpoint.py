@@ -1,0 +1,100 @@
+"""Checkpoint save/load: BN buffers kept, frozen parts excluded, formats, reports, safety."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from hg_lmm.utils.checkpoint import (
+    CheckpointError,
+    load_state,
+    read_state_dict,
+    save_checkpoint,
+    trainable_state_dict,
+)
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lmm = nn.Linear(4, 4).requires_grad_(False)  # frozen: never saved
+        self.head = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 1, 1))
+
+
+def _trained_toy():
+    m = Toy()
+    m.train()
+    m.head(torch.randn(2, 3, 8, 8))  # moves the BN running statistics away from their init
+    return m
+
+
+def test_trainable_state_keeps_bn_buffers_and_drops_frozen():
+    sd = trainable_state_dict(_trained_toy())
+    assert "head.1.running_mean" in sd and "head.1.num_batches_tracked" in sd
+    assert not any(k.startswith("lmm.") for k in sd)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_round_trip_restores_bn_statistics(tmp_path, suffix):
+    m = _trained_toy()
+    path = save_checkpoint(m, tmp_path / f"ckpt{suffix}", iter=3)
+    fresh = Toy()
+    report = load_state(fresh, path)
+    assert not report.missing and not report.unexpected
+    m.eval(), fresh.eval()
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.equal(m.head(x), fresh.head(x))
+    assert torch.equal(m.head[1].running_var, fresh.head[1].running_var)
+
+
+def test_released_names_without_prefix_and_ignored_keys():
+    m = _trained_toy()
+    released = {k[len("head.") :]: v for k, v in trainable_state_dict(m).items()}
+    released["cliplayer.0.weight"] = torch.zeros(2)
+    report = load_state(Toy(), released, ignored_prefixes=("cliplayer.",))
+    assert report.ignored == ["cliplayer.0.weight"] and not report.missing
+
+
+def test_strict_report_names_missing_and_unexpected():
+    sd = trainable_state_dict(_trained_toy())
+    sd.pop("head.0.weight")
+    sd["head.9.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match=r"missing \(1\): head.0.weight.*unexpected"):
+        load_state(Toy(), sd)
+    report = load_state(Toy(), sd, strict=False)
+    assert report.missing == ["head.0.weight"] and report.unexpected == ["head.9.weight"]
+
+
+def test_shape_mismatch_is_named():
+    sd = trainable_state_dict(_trained_toy())
+    sd["head.0.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match="head.0.weight: checkpoint shape"):
+        load_state(Toy(), sd, strict=False)
+
+
+class Payload:  # a custom object: loading it would need arbitrary unpickling
+    pass
+
+
+def test_pickle_with_custom_object_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"head.0.bias": torch.zeros(4)}, "extra": Payload()}, path)
+    with pytest.raises(CheckpointError, match="--unsafe-load"):
+        read_state_dict(path)
+    assert set(read_state_dict(path, unsafe=True)) == {"head.0.bias"}
+
+
+def test_deepspeed_folder(tmp_path):
+    sd = {"module." + k: v for k, v in trainable_state_dict(_trained_toy()).items()}
+    (tmp_path / "global_step5").mkdir()
+    torch.save({"module": sd}, tmp_path / "global_step5" / "mp_rank_00_model_states.pt")
+    (tmp_path / "latest").write_text("global_step5")
+    assert set(read_state_dict(tmp_path)) == {k[len("module.") :] for k in sd}
+
+
+def test_missing_file_and_empty_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_state_dict(tmp_path / "nope.pth")
+    with pytest.raises(CheckpointError, match="mp_rank"):
+        read_state_dict(tmp_path)
