@@ -31,11 +31,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; the message says what to do."""
 
 
-def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable parameters plus the buffers of every module that has a trainable parameter.
-
-    Returns a flat {name: tensor (detached, on CPU)} in `model.state_dict()` naming.
-    """
+def _trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     keep: dict[str, torch.Tensor] = {}
     for mod_name, module in model.named_modules():
         own = list(module.named_parameters(recurse=False))
@@ -48,7 +44,20 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         for name, b in module.named_buffers(recurse=False):
             if b is not None and name not in module._non_persistent_buffers_set:
                 keep[prefix + name] = b
-    return {k: v.detach().cpu().clone() for k, v in keep.items()}
+    return keep
+
+
+def trainable_state_names(model: nn.Module) -> set[str]:
+    """Names (in `model.state_dict()` naming) of what `trainable_state_dict` returns."""
+    return set(_trainable_tensors(model))
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters plus the buffers of every module that has a trainable parameter.
+
+    Returns a flat {name: tensor (detached, on CPU)} in `model.state_dict()` naming.
+    """
+    return {k: v.detach().cpu().clone() for k, v in _trainable_tensors(model).items()}
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta: object) -> Path:
@@ -176,7 +185,7 @@ def load_state(
     unexpected key raises `CheckpointError` carrying the report.
     """
     state = dict(source) if isinstance(source, Mapping) else read_state_dict(source, unsafe=unsafe)
-    expected = trainable_state_dict(model).keys()
+    expected = trainable_state_names(model)
     own = model.state_dict()
     report = LoadReport()
     ignored = tuple(ignored_prefixes)

@@ -1,0 +1,202 @@
+"""One model class for every (LMM, head) pair: frozen adapter + trainable head + mask losses.
+
+One forward path serves training, prediction and grounding: `extract -> head -> postprocess`.
+The model processes a list of samples per step (each sample has its own image size and number of
+phrases), so batch > 1 needs no padding.
+
+A sample is a dict with `input_ids` [T_all], `mask_ids` [T_all] (prompt tokens -1), `image` (PIL)
+or `pixel_values` + `meta`, and for training `masks` [n, H, W] at the original image size
+(`caption_start` is optional). See hg_lmm.datasets for how samples are built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from torch import nn
+
+from hg_lmm.heads.losses import MaskLoss, mask_metrics
+from hg_lmm.lmm.adapter import Answer, FrozenLMMAdapter
+from hg_lmm.lmm.base import LMMFeatures
+from hg_lmm.utils.checkpoint import trainable_state_names
+
+
+def _build(part: nn.Module | Mapping[str, Any], **extra: Any) -> Any:
+    """A ready module, or a config dict built through xtuner's BUILDER (`type=` is the class)."""
+    if isinstance(part, nn.Module):
+        return part
+    from xtuner.registry import BUILDER
+
+    return BUILDER.build(dict(part, **extra))
+
+
+def _logit_maps(out: Any) -> dict[str, torch.Tensor]:
+    """A head's output as named [n, h, w] logit maps; the last one is the final prediction.
+
+    The HG head returns one tensor on the resized image region; the U-Net+SAM head returns its
+    coarse maps (on the resized image region) and SAM's refined maps (at the original size).
+    """
+    if isinstance(out, torch.Tensor):
+        return {"": out}
+    if hasattr(out, "refined_logits"):
+        return {"": out.coarse_logits, "sam_": out.refined_logits}
+    if isinstance(out, Mapping):
+        return dict(out)
+    raise TypeError(f"a head returned {type(out).__name__}; expected a tensor or a mapping")
+
+
+def resize_masks(masks: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
+    """[n, H, W] -> [n, h, w]; `nearest` for ground truth, `bilinear` for logits."""
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(masks[:, None].float(), size=tuple(size), mode=mode, **kwargs)[:, 0]
+
+
+class GroundingModel(BaseModel):
+    """Frozen LMM + trainable mask head.
+
+    Arguments:
+      lmm: a `FrozenLMMAdapter` or its config dict.
+      head: a head module or its config dict; `dims=lmm.dims` is filled in when building it.
+      loss: a `MaskLoss` or its keyword arguments (BCE and Dice weights).
+      data_preprocessor: mmengine's (the default only moves tensors to the device).
+
+    Modes of `forward(data, data_samples=None, mode=...)` with `data` a list of samples:
+      "loss": {"loss_mask", "loss_dice" (+ "sam_*" for family B), "accuracy", "miou"}.
+      "predict": per sample {"logits" [n, H, W] at the original size, "masks" bool [n, H, W]}.
+      "tensor": per sample the final logits [n, H, W].
+    """
+
+    def __init__(
+        self,
+        *,
+        lmm: FrozenLMMAdapter | Mapping[str, Any],
+        head: nn.Module | Mapping[str, Any],
+        loss: MaskLoss | Mapping[str, Any] | None = None,
+        threshold: float = 0.5,
+        data_preprocessor: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(data_preprocessor=data_preprocessor)
+        self.lmm = _build(lmm)
+        self.head = _build(head, dims=self.lmm.dims)
+        self.loss = loss if isinstance(loss, nn.Module) else MaskLoss(**(loss or {}))
+        self.threshold = threshold
+        # Checkpoints (ours and mmengine's) hold the trainable state only, never the frozen LMM.
+        self._register_state_dict_hook(_keep_trainable_state)
+
+    # --- the one forward path -----------------------------------------------------------------
+
+    def head_logits(self, features: LMMFeatures, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """Run the head on one sample's features: named [n, h, w] logit maps."""
+        if getattr(self.head, "needs_image", False) or hasattr(self.head, "sam"):
+            return _logit_maps(self.head(features, sample["image"]))
+        return _logit_maps(self.head(features))
+
+    def final_logits(self, maps: dict[str, torch.Tensor], image_hw: Sequence[int]) -> torch.Tensor:
+        """The last map, resized (bilinear) to the original image size: [n, H, W]."""
+        return resize_masks(list(maps.values())[-1], image_hw, "bilinear")
+
+    @staticmethod
+    def _image_hw(sample: Mapping[str, Any]) -> tuple[int, int]:
+        if "image" in sample:
+            w, h = sample["image"].size
+            return h, w
+        if "masks" in sample:
+            return tuple(sample["masks"].shape[-2:])
+        return tuple(sample["image_hw"])
+
+    def forward(
+        self,
+        data: Sequence[Mapping[str, Any]],
+        data_samples: Any = None,
+        mode: str = "tensor",
+    ) -> Any:
+        if mode == "loss":
+            return self.compute_loss(data)
+        if mode == "predict":
+            return self.predict(data)
+        if mode == "tensor":
+            return [p["logits"] for p in self.predict(data)]
+        raise ValueError(f"unknown mode {mode!r}; expected 'loss', 'predict' or 'tensor'")
+
+    def compute_loss(self, data: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Mean over samples of each loss term; GT masks resized (nearest) to each map's size."""
+        totals: dict[str, torch.Tensor] = {}
+        for sample in data:
+            features = self.lmm.extract(sample)
+            maps = self.head_logits(features, sample)
+            gt = torch.as_tensor(sample["masks"], device=features.attn.device)
+            n = gt.shape[0]
+            if n != next(iter(maps.values())).shape[0]:
+                raise ValueError(
+                    f"sample {sample.get('id', '?')}: {n} ground-truth masks but "
+                    f"{int(features.mask_ids.max()) + 1} phrases in mask_ids"
+                )
+            terms: dict[str, torch.Tensor] = {}
+            for prefix, logits in maps.items():
+                target = resize_masks(gt.float(), logits.shape[-2:], "nearest")
+                terms.update(self.loss(logits, target, prefix=prefix))
+                terms.update(mask_metrics(logits, target, prefix=prefix))
+            for k, v in terms.items():
+                totals[k] = totals.get(k, 0) + v / len(data)
+        return totals
+
+    @torch.no_grad()
+    def predict(self, data: Sequence[Mapping[str, Any]]) -> list[dict[str, torch.Tensor]]:
+        """Per sample: logits and thresholded masks at the original image size."""
+        out = []
+        for sample in data:
+            features = self.lmm.extract(sample)
+            logits = self.final_logits(self.head_logits(features, sample), self._image_hw(sample))
+            out.append({"logits": logits, "masks": logits.sigmoid() > self.threshold})
+        return out
+
+    @torch.no_grad()
+    def ground(
+        self,
+        phrase_token_ids: Sequence[Sequence[int]],
+        answer: Answer,
+        image: Any = None,
+        threshold: float | None = None,
+    ) -> torch.Tensor:
+        """Masks for phrases of a generated answer.
+
+        phrase_token_ids: for each phrase, the indices (into `answer.token_ids`) of its tokens.
+        Returns bool [n, H, W] at the original image size (`image` is the PIL image; it is also
+        what the U-Net+SAM head refines on).
+        """
+        mask_ids = torch.full_like(answer.features.mask_ids, -1)
+        for k, idx in enumerate(phrase_token_ids):
+            if len(idx) == 0:
+                raise ValueError(f"phrase {k} has no tokens in the answer {answer.text!r}")
+            mask_ids[torch.as_tensor(list(idx))] = k
+        f = answer.features
+        features = LMMFeatures(
+            attn=f.attn,
+            hidden=f.hidden,
+            vision=f.vision,
+            pixel_values=f.pixel_values,
+            mask_ids=mask_ids,
+            meta=f.meta,
+            token_ids=f.token_ids,
+        )
+        sample = {"image": image} if image is not None else {}
+        maps = self.head_logits(features, sample)
+        hw = (image.size[1], image.size[0]) if image is not None else self._meta_hw(f.meta)
+        logits = self.final_logits(maps, hw)
+        return logits.sigmoid() > (self.threshold if threshold is None else threshold)
+
+    @staticmethod
+    def _meta_hw(meta: Mapping[str, Any]) -> tuple[int, int]:
+        return meta["image_shape"]["height"], meta["image_shape"]["width"]
+
+
+def _keep_trainable_state(module: nn.Module, state: dict, prefix: str, local_metadata: Any) -> None:
+    keep = {prefix + k for k in trainable_state_names(module)}
+    for key in [k for k in state if k.startswith(prefix) and k not in keep]:
+        del state[key]

@@ -1,0 +1,122 @@
+"""GroundingModel on a tiny LLaVA + HG head: training signal, frozen parts, batches, round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hg_lmm.heads.hg import HGHead
+from hg_lmm.lmm.llava import TRAIN_PROMPT, LlavaAdapter
+from hg_lmm.model import GroundingModel
+from hg_lmm.utils.checkpoint import load_state, save_checkpoint
+
+VISION_LAYERS = (0, 1, 2, 3, 0, 1, 2, 3)
+
+
+def _meta(h, w, s):
+    top, left = (s - h) // 2, (s - w) // 2
+    return {
+        "padding": {
+            "before_height": top,
+            "after_height": s - h - top,
+            "before_width": left,
+            "after_width": s - w - left,
+        },
+        "image_shape": {"height": h, "width": w},
+        "padded_shape": {"height": s, "width": s},
+    }
+
+
+def _sample(tok, size, gen, n_phrases=2, hw=(30, 40)):
+    words = ["the red circle", "the blue square", "the green star"]
+    ids = tok(TRAIN_PROMPT).input_ids
+    mids = [-1] * len(ids)
+    for k in range(n_phrases):
+        t = tok.encode(words[k], add_special_tokens=False)
+        ids, mids = ids + t, mids + [k] * len(t)
+    masks = torch.zeros(n_phrases, *hw, dtype=torch.bool)
+    for k in range(n_phrases):
+        masks[k, 5 * k : 5 * k + 12, 4 : 20 + 5 * k] = True
+    h = round(size * hw[0] / max(hw))
+    return {
+        "input_ids": torch.tensor(ids),
+        "mask_ids": torch.tensor(mids),
+        "pixel_values": torch.randn(3, size, size, generator=gen),
+        "meta": _meta(h, size, size),
+        "masks": masks,
+        "image_hw": hw,
+    }
+
+
+@pytest.fixture()
+def model(tiny_llava):
+    lmm, tok, _ = tiny_llava
+    adapter = LlavaAdapter(lmm=lmm, tokenizer=tok, processor=None, vision_layers=VISION_LAYERS)
+    return GroundingModel(lmm=adapter, head=dict(type=HGHead))
+
+
+@pytest.fixture()
+def batch(tiny_llava):
+    _, tok, _ = tiny_llava
+    gen = torch.Generator().manual_seed(0)
+    size = tiny_llava[0].config.vision_config.image_size
+    return [_sample(tok, size, gen, 2), _sample(tok, size, gen, 3, hw=(40, 28))]
+
+
+def test_one_step_trains_only_the_head(model, batch):
+    lmm_before = {k: v.clone() for k, v in model.lmm.state_dict().items()}
+    head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert params and all(any(p is q for q in model.head.parameters()) for p in params)
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    model.train()
+    losses = model(batch, mode="loss")
+    assert {"loss_mask", "loss_dice", "accuracy", "miou"} <= set(losses)
+    total = sum(v for k, v in losses.items() if "loss" in k)
+    assert torch.isfinite(total)
+    total.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"no gradient reached {no_grad}"
+    opt.step()
+    for k, v in model.lmm.state_dict().items():
+        assert torch.equal(v, lmm_before[k]), f"frozen LMM tensor {k} changed"
+    changed = [k for k, v in model.head.state_dict().items() if not torch.equal(v, head_before[k])]
+    assert "text_proj.weight" in changed and "lcb.conv1.1.running_mean" in changed
+
+
+def test_predict_shapes_per_sample(model, batch):
+    model.eval()
+    preds = model(batch, mode="predict")
+    assert [tuple(p["masks"].shape) for p in preds] == [(2, 30, 40), (3, 40, 28)]
+    assert preds[0]["masks"].dtype == torch.bool
+    tensors = model(batch, mode="tensor")
+    assert torch.equal(tensors[1], preds[1]["logits"])
+
+
+def test_state_dict_excludes_frozen_lmm(model):
+    keys = model.state_dict().keys()
+    assert keys and all(k.startswith("head.") for k in keys)
+    assert "head.lcb.conv1.1.running_var" in keys
+
+
+def test_round_trip_gives_identical_predictions(model, batch, tiny_llava, tmp_path):
+    model.train()
+    model(batch, mode="loss")  # update BN statistics
+    path = save_checkpoint(model, tmp_path / "head.pth")
+    lmm, tok, _ = tiny_llava
+    fresh = GroundingModel(
+        lmm=LlavaAdapter(lmm=lmm, tokenizer=tok, processor=None, vision_layers=VISION_LAYERS),
+        head=dict(type=HGHead),
+    )
+    report = load_state(fresh, path)
+    assert not report.missing and not report.unexpected
+    model.eval(), fresh.eval()
+    a, b = model(batch, mode="predict"), fresh(batch, mode="predict")
+    for x, y in zip(a, b):
+        assert torch.equal(x["logits"], y["logits"])
+
+
+def test_mismatched_gt_count_is_named(model, batch):
+    batch[0]["masks"] = batch[0]["masks"][:1]
+    with pytest.raises(ValueError, match="1 ground-truth masks but 2 phrases"):
+        model(batch, mode="loss")
