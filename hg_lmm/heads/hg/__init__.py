@@ -1,0 +1,6 @@
+"""The HG head (ARCHITECTURE.md section 2)."""
+
+from hg_lmm.heads.hg.head import HGHead
+from hg_lmm.heads.hg.sizes import HGGeometry, hg_geometry
+
+__all__ = ["HGGeometry", "HGHead", "hg_geometry"]

@@ -1,0 +1,126 @@
+"""The HG head: grounds each phrase of one sample from frozen-LMM features (ARCHITECTURE.md s. 2).
+
+extract (the LMM adapter) -> `HGHead` -> `unpad_to_image`. Every size comes from `LMMDims`
+through `hg_geometry`; the state-dict names are those of the released checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from hg_lmm.heads.hg.fusion import FuseMaskHead
+from hg_lmm.heads.hg.lcb import LCB
+from hg_lmm.heads.hg.ldsi import LDSI
+from hg_lmm.heads.hg.lifg import LIFG
+from hg_lmm.heads.hg.sizes import NUM_STAGES, NUM_VISION_LAYERS, TEXT_DIM, hg_geometry
+from hg_lmm.heads.hg.text import attention_prior, phrase_pooling
+from hg_lmm.lmm.base import LMMDims, LMMFeatures
+from hg_lmm.utils.masks import unpad_to_image
+
+
+class HGHead(nn.Module):
+    """Phrase masks from one sample's attention maps, hidden states, vision features and pixels.
+
+    Arguments:
+      dims: the frozen LMM's sizes; every layer of the head is sized from it (see
+        hg_lmm.heads.hg.sizes for the rules and the resulting table).
+
+    Submodules (checkpoint prefixes): `text_layer_weights` [L], `text_proj` (D -> 256), `lifg`,
+    `lcb`, `ldsi`, `fuse_maskhead`.
+
+    Entry points:
+      forward(features) -> [n, h, w] logits on the (resized) image region of `features.meta`.
+      mask_logits(features) -> [n, 1, s, s] low-res logits over the whole padded square
+        (s = geometry.output_size); `forward` is `unpad_to_image(mask_logits(...)[:, 0], meta)`.
+      phrase_embeddings(hidden, mask_ids) -> [n, 256] e_k, for wrappers that need them.
+    """
+
+    # Checkpoint tensors of the reference that this head does not build: the 7B reference holds
+    # an unused `cliplayer` (Linear 1024->4096, GELU, Linear). Loaders drop these with a log line.
+    IGNORED_CHECKPOINT_PREFIXES: ClassVar[tuple[str, ...]] = ("cliplayer.",)
+
+    def __init__(self, *, dims: LMMDims) -> None:
+        super().__init__()
+        self.dims = dims
+        self.geometry = geo = hg_geometry(dims)
+        # Initialised to 1.0 as in the reference: softmax starts uniform over layers.
+        self.text_layer_weights = nn.Parameter(torch.ones(dims.num_layers))
+        self.lifg = LIFG(vision_channels=dims.vision_channels, width=geo.lifg_width, grid=dims.grid)
+        self.ldsi = LDSI(
+            attn_channels=geo.attn_channels,
+            stage_sizes=geo.stage_sizes,
+            strided_last_stage=geo.strided_last_stage,
+        )
+        self.lcb = LCB(extra_halvings=geo.lcb_extra_halvings)
+        self.fuse_maskhead = FuseMaskHead(num_stages=NUM_STAGES)
+        self.text_proj = nn.Linear(dims.hidden_size, TEXT_DIM)
+
+    def _dtype(self) -> torch.dtype:
+        return self.text_proj.weight.dtype
+
+    def phrase_embeddings(
+        self, hidden: torch.Tensor, mask_ids: torch.Tensor, pooling: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """e_k = mean over phrase k's tokens of text_proj(sum_l softmax(w)_l * hidden[l, t]).
+
+        hidden: [L, T, D] LMM hidden states at the caption tokens.
+        mask_ids: [T] long, phrase index per token or -1.
+        pooling: optional [n, T] from `phrase_pooling(mask_ids)`, to avoid recomputing it.
+        Returns [n, 256].
+        """
+        if hidden.dim() != 3 or hidden.shape[0] != self.dims.num_layers:
+            raise ValueError(
+                f"hidden must be [L={self.dims.num_layers}, T, D={self.dims.hidden_size}], "
+                f"got {tuple(hidden.shape)}"
+            )
+        if pooling is None:
+            pooling = phrase_pooling(mask_ids, dtype=self._dtype())
+        weights = torch.softmax(self.text_layer_weights, dim=0)
+        hbar = (hidden.to(self._dtype()) * weights[:, None, None]).sum(dim=0)  # [T, D]
+        return pooling.to(hbar.dtype) @ self.text_proj(hbar)
+
+    def _check(self, f: LMMFeatures) -> None:
+        d = self.dims
+        g, n_img = d.grid, d.num_image_tokens
+        t = f.mask_ids.shape[0] if f.mask_ids.dim() == 1 else -1
+        expected = {
+            "attn": (f.attn, (d.num_layers, d.num_heads, t, g, g)),
+            "hidden": (f.hidden, (d.num_layers, t, d.hidden_size)),
+            "vision": (f.vision, (NUM_VISION_LAYERS, n_img, d.vision_channels)),
+            "pixel_values": (f.pixel_values, (3, d.image_size, d.image_size)),
+        }
+        for name, (tensor, shape) in expected.items():
+            if tuple(tensor.shape) != shape:
+                raise ValueError(
+                    f"LMMFeatures.{name} has shape {tuple(tensor.shape)}, but the HG head built "
+                    f"for {d} expects {shape} (T = len(mask_ids)); check the adapter's output or "
+                    "build the head from that adapter's dims"
+                )
+
+    def mask_logits(self, features: LMMFeatures) -> torch.Tensor:
+        """Low-res logits over the padded square, one map per phrase.
+
+        features: one sample (attn [L,H,T,g,g], hidden [L,T,D], vision [8,N,C],
+          pixel_values [3,S,S], mask_ids [T]).
+        Returns [n, 1, s, s], s = self.geometry.output_size (S / 2**k); n = mask_ids.max() + 1.
+        """
+        self._check(features)
+        dtype = self._dtype()
+        pooling = phrase_pooling(features.mask_ids, dtype=dtype)
+        text = self.phrase_embeddings(features.hidden, features.mask_ids, pooling)
+        prior = attention_prior(features.attn.to(dtype), pooling)
+        phrase_features = self.lifg(features.vision.to(dtype), text)
+        shallow = self.lcb(features.pixel_values.to(dtype)[None])
+        stages = self.ldsi(phrase_features, prior, shallow)
+        return self.fuse_maskhead(stages)
+
+    def forward(self, features: LMMFeatures) -> torch.Tensor:
+        """Phrase logits on the image: [n, h, w], (h, w) = features.meta image_shape.
+
+        The low-res logits are resized bilinearly to the padded size and the image region is
+        cropped (hg_lmm.utils.masks.unpad_to_image).
+        """
+        return unpad_to_image(self.mask_logits(features)[:, 0], features.meta)

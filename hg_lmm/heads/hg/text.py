@@ -1,0 +1,52 @@
+"""Per-phrase pooling of token-level LMM outputs (ARCHITECTURE.md section 2, items 1-2)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def num_phrases(mask_ids: torch.Tensor) -> int:
+    """n = mask_ids.max() + 1, the number of phrases of a sample (mask_ids: [T], -1 = none)."""
+    if mask_ids.dim() != 1:
+        raise ValueError(f"mask_ids must be [T], got shape {tuple(mask_ids.shape)}")
+    if mask_ids.numel() == 0 or int(mask_ids.max()) < 0:
+        raise ValueError(
+            "mask_ids holds no phrase (every token is -1); a sample needs at least one token with "
+            "a phrase index >= 0"
+        )
+    if int(mask_ids.min()) < -1:
+        raise ValueError(f"mask_ids must be -1 or a phrase index >= 0, got {mask_ids.tolist()}")
+    return int(mask_ids.max()) + 1
+
+
+def phrase_pooling(mask_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Mean-pooling matrix over each phrase's tokens.
+
+    mask_ids: [T] long, the phrase index of each token or -1.
+    Returns P [n, T] with P[k, t] = 1 / |{t : mask_ids[t] = k}| on phrase k's tokens and 0
+    elsewhere, so `P @ x` is the per-phrase mean of any token-major x.
+    Raises ValueError when a phrase index below the maximum has no token, since its mask would be
+    predicted from nothing.
+    """
+    n = num_phrases(mask_ids)
+    onehot = mask_ids[None, :] == torch.arange(n, device=mask_ids.device)[:, None]
+    counts = onehot.sum(dim=1)
+    empty = torch.nonzero(counts == 0).flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"phrase(s) {empty} have no token in mask_ids={mask_ids.tolist()}; every phrase index "
+            f"0..{n - 1} needs at least one token (renumber the phrases or drop the empty ones)"
+        )
+    return onehot.to(dtype) / counts[:, None].to(dtype)
+
+
+def attention_prior(attn: torch.Tensor, pooling: torch.Tensor) -> torch.Tensor:
+    """A_k: each phrase's mean attention map, every layer and head stacked layer-major.
+
+    attn: [L, H, T, g, g] attention probabilities from the caption tokens to the image grid.
+    pooling: [n, T] from `phrase_pooling`.
+    Returns [n, L*H, g, g]; channel l*H + h is layer l, head h.
+    """
+    L, H, T, g1, g2 = attn.shape
+    pooled = torch.einsum("nt,lhtxy->nlhxy", pooling.to(attn.dtype), attn)
+    return pooled.reshape(pooling.shape[0], L * H, g1, g2)
