@@ -8,6 +8,7 @@ same `multi_modal_projector` to give the multi-layer vision features.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from PIL import Image
 
 from hg_lmm.lmm.adapter import EmbeddedInputs, FrozenLMMAdapter
 from hg_lmm.lmm.base import LMMDims
+from hg_lmm.lmm.processors import CLIP_MEAN, CLIP_STD, LlavaImageProcessor
 
 DEFAULT_VISION_LAYERS = (3, 6, 9, 12, 15, 18, 20, 23)
 # Only the INSTRUCTION part of xtuner's vicuna template, without SYSTEM (as the reference trains).
@@ -106,3 +108,33 @@ class LlavaAdapter(FrozenLMMAdapter):
         positions[i] = -1
         image_positions = torch.arange(i, i + n, device=input_ids.device)
         return EmbeddedInputs(embeds, image_positions, positions)
+
+
+def build_llava_adapter(
+    *,
+    model_path: str | Path,
+    vision_layers: Sequence[int] = DEFAULT_VISION_LAYERS,
+    torch_dtype: str | torch.dtype = "bfloat16",
+) -> LlavaAdapter:
+    """Load a LLaVA-1.5 repo (hub id or local folder) with eager attention, its tokenizer and
+    our letterbox processor (mean/std from the repo's `preprocessor_config.json` when present)."""
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
+    lmm = LlavaForConditionalGeneration.from_pretrained(
+        model_path, torch_dtype=dtype, attn_implementation="eager", low_cpu_mem_usage=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    mean, std = CLIP_MEAN, CLIP_STD
+    pre = Path(model_path) / "preprocessor_config.json"
+    if pre.is_file():
+        import json
+
+        cfg = json.loads(pre.read_text())
+        mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
+    processor = LlavaImageProcessor(
+        image_size=lmm.config.vision_config.image_size, image_mean=mean, image_std=std
+    )
+    return LlavaAdapter(
+        lmm=lmm, tokenizer=tokenizer, processor=processor, vision_layers=vision_layers
+    )

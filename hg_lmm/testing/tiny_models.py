@@ -151,3 +151,45 @@ def tiny_llava(save_dir: str | Path, *, seed: int = 0, **config_kwargs):
     model.save_pretrained(save_dir)
     model = LlavaForConditionalGeneration.from_pretrained(save_dir, attn_implementation="eager")
     return model.eval(), AutoTokenizer.from_pretrained(save_dir), save_dir
+
+
+TINY_LLAVA_VISION_LAYERS = (0, 1, 2, 3, 0, 1, 2, 3)  # the tiny CLIP has 4 blocks; the head takes 8
+
+
+def _ensure_tiny_llava(cache_dir: str | Path) -> Path:
+    """Create the tiny LLaVA in `cache_dir` unless it is already there; returns the folder."""
+    cache_dir = Path(cache_dir)
+    if not (cache_dir / "config.json").is_file():
+        # Build next to the target and rename, so concurrent processes never see half a model.
+        import shutil
+        import tempfile
+
+        cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir.parent, prefix=".building-"))
+        tiny_llava(tmp)
+        try:
+            tmp.rename(cache_dir)
+        except OSError:  # another process finished first; its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    return cache_dir
+
+
+def tiny_llava_tokenizer(*, cache_dir: str | Path = "work_dirs/tiny_lmms/llava"):
+    """The tokenizer of the cached tiny LLaVA (see `tiny_llava_adapter`)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_ensure_tiny_llava(cache_dir))
+
+
+def tiny_llava_adapter(*, cache_dir: str | Path = "work_dirs/tiny_lmms/llava", **kwargs):
+    """A frozen tiny LLaVA adapter for tiny configs and the demo, loaded from `cache_dir`.
+
+    The tiny model is created (deterministically, seed 0) and saved on first use; later calls
+    load the saved copy through the same `from_pretrained` path real checkpoints take.
+    """
+    from hg_lmm.lmm.llava import build_llava_adapter
+
+    cache_dir = _ensure_tiny_llava(cache_dir)
+    kwargs.setdefault("vision_layers", TINY_LLAVA_VISION_LAYERS)
+    kwargs.setdefault("torch_dtype", "float32")
+    return build_llava_adapter(model_path=str(cache_dir), **kwargs)
