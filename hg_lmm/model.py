@@ -11,6 +11,7 @@ or `pixel_values` + `meta`, and for training `masks` [n, H, W] at the original i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,16 +23,8 @@ from torch import nn
 from hg_lmm.heads.losses import MaskLoss, mask_metrics
 from hg_lmm.lmm.adapter import Answer, FrozenLMMAdapter
 from hg_lmm.lmm.base import LMMFeatures
+from hg_lmm.utils.build import build
 from hg_lmm.utils.checkpoint import trainable_state_names
-
-
-def _build(part: nn.Module | Mapping[str, Any], **extra: Any) -> Any:
-    """A ready module, or a config dict built through xtuner's BUILDER (`type=` is the class)."""
-    if isinstance(part, nn.Module):
-        return part
-    from xtuner.registry import BUILDER
-
-    return BUILDER.build(dict(part, **extra))
 
 
 def _logit_maps(out: Any) -> dict[str, torch.Tensor]:
@@ -47,6 +40,19 @@ def _logit_maps(out: Any) -> dict[str, torch.Tensor]:
     if isinstance(out, Mapping):
         return dict(out)
     raise TypeError(f"a head returned {type(out).__name__}; expected a tensor or a mapping")
+
+
+def as_sample_dict(sample: Any) -> Mapping[str, Any]:
+    """A sample as a mapping: dicts pass through; a dataset record (e.g. `GroundingSample`) gives
+    its fields, with `prompt_len` as `caption_start`."""
+    if isinstance(sample, Mapping):
+        return sample
+    if dataclasses.is_dataclass(sample):
+        out = {f.name: getattr(sample, f.name) for f in dataclasses.fields(sample)}
+        if out.get("prompt_len") is not None:
+            out.setdefault("caption_start", out["prompt_len"])
+        return out
+    raise TypeError(f"a sample must be a mapping or a dataclass record, got {type(sample)}")
 
 
 def resize_masks(masks: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
@@ -82,8 +88,8 @@ class GroundingModel(BaseModel):
         data_preprocessor: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
-        self.lmm = _build(lmm)
-        self.head = _build(head, dims=self.lmm.dims)
+        self.lmm = build(lmm)
+        self.head = build(head, dims=self.lmm.dims)
         self.loss = loss if isinstance(loss, nn.Module) else MaskLoss(**(loss or {}))
         self.threshold = threshold
         # Checkpoints (ours and mmengine's) hold the trainable state only, never the frozen LMM.
@@ -116,6 +122,7 @@ class GroundingModel(BaseModel):
         data_samples: Any = None,
         mode: str = "tensor",
     ) -> Any:
+        data = [as_sample_dict(s) for s in data]
         if mode == "loss":
             return self.compute_loss(data)
         if mode == "predict":

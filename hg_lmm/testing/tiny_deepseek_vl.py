@@ -167,3 +167,51 @@ def tiny_deepseek_vl(
     tiny_image_processor(style).save_pretrained(save_dir)
     model = AutoModelForCausalLM.from_pretrained(save_dir, attn_implementation="eager")
     return model.eval(), AutoTokenizer.from_pretrained(save_dir), save_dir
+
+
+def _default_cache_dir(style: str) -> Path:
+    if style not in STYLES:
+        raise ValueError(f"unknown tiny DeepSeek-VL style {style!r}; expected one of {STYLES}")
+    return Path("work_dirs/tiny_lmms") / f"deepseek_vl_{style}"
+
+
+def _ensure_tiny_deepseek_vl(cache_dir: str | Path | None, style: str) -> Path:
+    """Create the tiny DeepSeek-VL of `style` in `cache_dir` unless it is there; returns it."""
+    cache_dir = _default_cache_dir(style) if cache_dir is None else Path(cache_dir)
+    if not (cache_dir / "config.json").is_file():
+        # Build next to the target and rename, so concurrent processes never see half a model.
+        import shutil
+        import tempfile
+
+        cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir.parent, prefix=".building-"))
+        tiny_deepseek_vl(tmp, style)
+        try:
+            tmp.rename(cache_dir)
+        except OSError:  # another process finished first; its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    return cache_dir
+
+
+def tiny_deepseek_vl_tokenizer(*, cache_dir: str | Path | None = None, style: str = "1.3b"):
+    """The tokenizer of the cached tiny DeepSeek-VL (see `tiny_deepseek_vl_adapter`)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_ensure_tiny_deepseek_vl(cache_dir, style))
+
+
+def tiny_deepseek_vl_adapter(
+    *, cache_dir: str | Path | None = None, style: str = "1.3b", **kwargs: Any
+):
+    """A frozen tiny DeepSeek-VL adapter of `style` ("1.3b" or "7b"), loaded from `cache_dir`.
+
+    cache_dir defaults to work_dirs/tiny_lmms/deepseek_vl_<style>. The tiny model is created
+    (deterministically, seed 0) and saved on first use; later calls load the saved copy through
+    the same `build_deepseek_vl_adapter` path real checkpoints take. kwargs go to the builder
+    (torch_dtype defaults to float32).
+    """
+    from hg_lmm.lmm.deepseek_vl.adapter import build_deepseek_vl_adapter
+
+    cache_dir = _ensure_tiny_deepseek_vl(cache_dir, style)
+    kwargs.setdefault("torch_dtype", "float32")
+    return build_deepseek_vl_adapter(model_path=str(cache_dir), **kwargs)

@@ -11,6 +11,7 @@ loads a released checkpoint (or a tiny test model) into `MultiModalityCausalLM`.
 
 from __future__ import annotations
 
+from hg_lmm.lmm.deepseek_vl.adapter import DeepseekVLAdapter, build_deepseek_vl_adapter
 from hg_lmm.lmm.deepseek_vl.aligner import MlpProjector
 from hg_lmm.lmm.deepseek_vl.configuration import (
     AlignerConfig,
@@ -23,6 +24,7 @@ from hg_lmm.lmm.deepseek_vl.vision import CLIPVisionTower, HybridVisionTower, Sa
 __all__ = [
     "AlignerConfig",
     "CLIPVisionTower",
+    "DeepseekVLAdapter",
     "HybridVisionTower",
     "MlpProjector",
     "MultiModalityCausalLM",
@@ -30,6 +32,7 @@ __all__ = [
     "MultiModalityPreTrainedModel",
     "SamHDEncoder",
     "VisionConfig",
+    "build_deepseek_vl_adapter",
     "register",
 ]
 

@@ -1,0 +1,107 @@
+"""Caption pieces -> token ids and per-token mask ids (ARCHITECTURE.md section 4).
+
+The prompt is encoded once, with special tokens (BOS), and its tokens get mask_id -1. Each piece
+is then encoded on its own, without special tokens, and the lists are concatenated: the caption is
+never encoded as one string, so every token belongs to exactly one piece. A piece's tokens get its
+mask_id. A RefCOCO expression is followed by the last token of `encode('.')` (mask_id -1).
+
+The prompt text comes from the LMM adapter, so datasets stay LMM-agnostic:
+  DeepSeek-VL: 'User: ' + '<image_placeholder>' * 576
+               + 'Please give me a description of the image.\\n\\nAssistant:'
+  LLaVA:       'USER: <image>\\nPlease give me a description of the image. ASSISTANT:'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from hg_lmm.datasets.errors import EmptyPieceError
+from hg_lmm.datasets.sample import GroundingSample, Piece
+from hg_lmm.utils.build import build
+
+
+def _period_token(tokenizer: Any) -> int:
+    ids = tokenizer.encode(".", add_special_tokens=False)
+    if not ids:
+        raise ValueError(f"{type(tokenizer).__name__} encodes '.' to no token; cannot end pieces.")
+    # Sentencepiece tokenizers give ['▁', '.']; the period itself is the last token.
+    return int(ids[-1])
+
+
+def encode_pieces(
+    tokenizer: Any,
+    prompt: str | Sequence[int],
+    pieces: Sequence[Piece],
+    *,
+    source: str = "",
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Token ids and mask ids of prompt + pieces.
+
+    Arguments:
+      tokenizer: a HF tokenizer (`encode(text, add_special_tokens=...)`).
+      prompt: the prompt text, or its token ids already encoded with special tokens.
+      pieces: caption pieces in order.
+      source: names the sample in errors.
+
+    Returns:
+      input_ids [T] long, mask_ids [T] long (-1 for prompt, unmasked pieces and periods),
+      prompt_len (the number of prompt tokens at the start).
+
+    Raises EmptyPieceError when a piece that owns a mask encodes to no token. An unmasked piece
+    that encodes to nothing (e.g. an empty utterance) just contributes no token.
+    """
+    prompt_ids = (
+        tokenizer.encode(prompt, add_special_tokens=True)
+        if isinstance(prompt, str)
+        else list(prompt)
+    )
+    input_ids = list(prompt_ids)
+    mask_ids = [-1] * len(prompt_ids)
+    period: int | None = None
+    for k, piece in enumerate(pieces):
+        ids = tokenizer.encode(piece.text, add_special_tokens=False)
+        if not ids and piece.mask_id >= 0:
+            raise EmptyPieceError(
+                f"{source or 'sample'}: piece {k} {piece.text!r} (mask {piece.mask_id}) encodes to "
+                "no token, so its mask cannot be grounded; fix or drop this phrase."
+            )
+        input_ids += ids
+        mask_ids += [piece.mask_id] * len(ids)
+        if piece.period_after:
+            if period is None:
+                period = _period_token(tokenizer)
+            input_ids.append(period)
+            mask_ids.append(-1)
+    return (
+        torch.tensor(input_ids, dtype=torch.long),
+        torch.tensor(mask_ids, dtype=torch.long),
+        len(prompt_ids),
+    )
+
+
+class TokenizePieces:
+    """Dataset transform: fills `input_ids`, `mask_ids` and `prompt_len` of a GroundingSample.
+
+    Arguments:
+      tokenizer: the LMM's tokenizer.
+      prompt: the LMM's training prompt (see the module docstring); encoded once, here.
+    """
+
+    def __init__(self, *, tokenizer: Any, prompt: str) -> None:
+        # A config dict (xtuner style, e.g. dict(type=AutoTokenizer.from_pretrained, ...)) too.
+        tokenizer = build(tokenizer)
+        self.tokenizer = tokenizer
+        self.prompt = prompt
+        self.prompt_ids = tokenizer.encode(prompt, add_special_tokens=True)
+
+    def __call__(self, sample: GroundingSample) -> GroundingSample:
+        input_ids, mask_ids, prompt_len = encode_pieces(
+            self.tokenizer, self.prompt_ids, sample.pieces, source=sample.source
+        )
+        return dataclasses.replace(
+            sample, input_ids=input_ids, mask_ids=mask_ids, prompt_len=prompt_len
+        )

@@ -1,0 +1,106 @@
+"""Prompt + pieces -> token ids and per-token mask ids, with the tiny LLaVA / DeepSeek-VL
+tokenizers (sentencepiece-style and byte-level BPE)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hg_lmm.datasets import (
+    EmptyPieceError,
+    Piece,
+    PNGDataset,
+    TokenizePieces,
+    encode_pieces,
+)
+from hg_lmm.datasets.toy import ToyConfig, make_toy_data
+from hg_lmm.testing.tiny_models import tiny_tokenizer
+
+PROMPTS = {
+    "llava": "USER: <image>\nPlease give me a description of the image. ASSISTANT:",
+    "deepseek_vl": "User: "
+    + "<image_placeholder>" * 576
+    + "Please give me a description of the image.\n\nAssistant:",
+}
+IMAGE_TOKEN = {"llava": "<image>", "deepseek_vl": "<image_placeholder>"}
+IMAGE_TOKENS_IN_PROMPT = {"llava": 1, "deepseek_vl": 576}
+
+
+@pytest.fixture(scope="module", params=["llava", "deepseek_vl"])
+def kind_tok(request, tmp_path_factory):
+    kind = request.param
+    return kind, tiny_tokenizer(kind, tmp_path_factory.mktemp(f"tok_{kind}"))
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return make_toy_data(str(tmp_path_factory.mktemp("toy_tok")), ToyConfig(seed=0))
+
+
+def _check_alignment(tok, sample) -> None:
+    ids, mids = sample.input_ids, sample.mask_ids
+    assert ids.dtype == mids.dtype == torch.long and ids.shape == mids.shape
+    p = sample.prompt_len
+    assert (mids[:p] == -1).all() and ids[0].item() == tok.bos_token_id
+    for piece in sample.pieces:
+        if piece.mask_id < 0:
+            continue
+        sel = ids[mids == piece.mask_id]
+        # Exactly the piece's own encoding, and it decodes back to the phrase text.
+        assert sel.tolist() == tok.encode(piece.text, add_special_tokens=False)
+        assert tok.decode(sel).strip() == piece.text.strip()
+    assert set(mids[p:].tolist()) - {-1} == set(range(sample.num_masks))
+    # Nothing but the prompt and the pieces: the caption tokens are the pieces, in order.
+    expected = [t for pc in sample.pieces for t in tok.encode(pc.text, add_special_tokens=False)]
+    period = tok.encode(".", add_special_tokens=False)[-1]
+    caption = ids[p:].tolist()
+    if any(pc.period_after for pc in sample.pieces):
+        caption = [t for t in caption if t != period]
+        expected = [t for t in expected if t != period]
+    assert caption == expected
+
+
+def test_png_pieces_line_up_with_phrases(kind_tok, toy):
+    kind, tok = kind_tok
+    transform = TokenizePieces(tokenizer=tok, prompt=PROMPTS[kind])
+    ds = PNGDataset(
+        json_file=toy["png_train2017"],
+        panoptic_json_file=toy["panoptic_train2017"],
+        panoptic_png_dir=toy["panoptic_png_train2017"],
+        image_dir=toy["images_train2017"],
+        transform=transform,
+    )
+    for i in range(len(ds)):
+        s = ds[i]
+        assert s.prompt_len == len(tok.encode(PROMPTS[kind]))
+        image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN[kind])
+        assert int((s.input_ids[: s.prompt_len] == image_id).sum()) == IMAGE_TOKENS_IN_PROMPT[kind]
+        _check_alignment(tok, s)
+
+
+def test_refcoco_style_period_after_each_expression(kind_tok):
+    kind, tok = kind_tok
+    pieces = [Piece("the big blue square on the left", 0, True), Piece("red circle", 1, True)]
+    ids, mids, p = encode_pieces(tok, PROMPTS[kind], pieces, source="unit")
+    period = tok.encode(".", add_special_tokens=False)[-1]
+    n0 = len(tok.encode(pieces[0].text, add_special_tokens=False))
+    n1 = len(tok.encode(pieces[1].text, add_special_tokens=False))
+    assert mids[p:].tolist() == [0] * n0 + [-1] + [1] * n1 + [-1]
+    assert ids[p + n0].item() == period and ids[-1].item() == period
+    assert tok.decode(ids[p:][mids[p:] == 0]).strip() == pieces[0].text
+
+
+def test_prompt_ids_may_be_passed_pre_encoded(kind_tok):
+    kind, tok = kind_tok
+    pieces = [Piece("We can see", -1), Piece("a red circle", 0)]
+    a = encode_pieces(tok, PROMPTS[kind], pieces)
+    b = encode_pieces(tok, tok.encode(PROMPTS[kind]), pieces)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_empty_masked_piece_raises_and_empty_plain_piece_is_harmless(kind_tok):
+    kind, tok = kind_tok
+    with pytest.raises(EmptyPieceError, match="toy.json narrative #3"):
+        encode_pieces(tok, PROMPTS[kind], [Piece("", 0)], source="toy.json narrative #3")
+    ids, mids, p = encode_pieces(tok, PROMPTS[kind], [Piece("", -1), Piece("the sky", 0)])
+    assert tok.decode(ids[p:]).strip() == "the sky" and (mids[p:] == 0).all()
