@@ -32,18 +32,41 @@ class CheckpointError(RuntimeError):
 
 
 def _trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters, plus the persistent buffers that belong to trainable parts.
+
+    A buffer belongs to the nearest module (itself or an ancestor) whose subtree has parameters;
+    it is kept when any parameter of that subtree trains. This keeps BatchNorm statistics and
+    parameter-free helpers inside a trainable part (SAM's random positional-encoding matrix in
+    the prompt encoder) and drops everything in a frozen part (the LMM, SAM's image encoder).
+    """
+    has_params: dict[str, bool] = {}
+    trains: dict[str, bool] = {}
+    for name, module in model.named_modules():
+        params = list(module.parameters())
+        has_params[name] = bool(params)
+        trains[name] = any(p.requires_grad for p in params)
+
+    def owner_trains(mod_name: str) -> bool:
+        while True:
+            if has_params[mod_name]:
+                return trains[mod_name]
+            if not mod_name:
+                return False
+            mod_name = mod_name.rpartition(".")[0]
+
     keep: dict[str, torch.Tensor] = {}
     for mod_name, module in model.named_modules():
-        own = list(module.named_parameters(recurse=False))
-        if not any(p.requires_grad for _, p in own):
-            continue
         prefix = f"{mod_name}." if mod_name else ""
-        for name, p in own:
+        for name, p in module.named_parameters(recurse=False):
             if p.requires_grad:
                 keep[prefix + name] = p
-        for name, b in module.named_buffers(recurse=False):
-            if b is not None and name not in module._non_persistent_buffers_set:
-                keep[prefix + name] = b
+        buffers = [
+            (n, b)
+            for n, b in module.named_buffers(recurse=False)
+            if b is not None and n not in module._non_persistent_buffers_set
+        ]
+        if buffers and owner_trains(mod_name):
+            keep.update({prefix + n: b for n, b in buffers})
     return keep
 
 
@@ -83,9 +106,23 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta: object) -
     return path
 
 
+def _checkpoint_safe_globals() -> list[object]:
+    """Plain-data classes that mmengine checkpoints carry besides tensors (the message hub's
+    `HistoryBuffer` of numpy arrays). They only hold data, so allowing them keeps weights-only
+    loading safe while reading checkpoints that `xtuner train` writes."""
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return [HistoryBuffer, np.core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
 def _torch_load(path: Path, unsafe: bool) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=not unsafe)
+        if unsafe:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_checkpoint_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         refused = "Unpickl" in type(err).__name__ or "weights only" in str(err).lower()
         if unsafe or not refused:
@@ -176,13 +213,16 @@ def load_state(
     ignored_prefixes: Iterable[str] = (),
     strict: bool = True,
     unsafe: bool = False,
+    assign: bool = False,
 ) -> LoadReport:
     """Load a checkpoint's trainable state into `model` and report what matched.
 
     Released head checkpoints name tensors as the head does (`lifg.conv1.weight`); ours carry the
     model's `head.` prefix. Keys under `ignored_prefixes` (e.g. the reference 7B's unused
-    `cliplayer.`) are dropped with a log line. With `strict`, any missing trainable key or
-    unexpected key raises `CheckpointError` carrying the report.
+    `cliplayer.`) are dropped with a log line. Only the trainable state is loaded: a key of a
+    frozen part (the LMM, SAM's image encoder) counts as unexpected. With `strict`, any missing
+    trainable key or unexpected key raises `CheckpointError` carrying the report. `assign` is
+    passed to `load_state_dict` (for a model built on the meta device).
     """
     state = dict(source) if isinstance(source, Mapping) else read_state_dict(source, unsafe=unsafe)
     expected = trainable_state_names(model)
@@ -195,8 +235,8 @@ def load_state(
         if ignored and bare.startswith(ignored):
             report.ignored.append(key)
             continue
-        name = key if key in own else head_prefix + key
-        if name not in own:
+        name = key if key in expected else head_prefix + key
+        if name not in expected:
             report.unexpected.append(key)
             continue
         if own[name].shape != value.shape:
@@ -215,6 +255,6 @@ def load_state(
         )
     if strict and (report.missing or report.unexpected):
         raise CheckpointError(f"checkpoint does not fit the model: {report}")
-    model.load_state_dict(to_load, strict=False)
+    model.load_state_dict(to_load, strict=False, assign=assign)
     logger.info("checkpoint: %s", report)
     return report

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hg_lmm.heads.hg import HGHead, hg_geometry
-from hg_lmm.heads.hg.text import phrase_pooling
+from hg_lmm.heads.pooling import phrase_pooling
 from hg_lmm.lmm.base import LMMDims, LMMFeatures
 from hg_lmm.testing.golden import golden_state_dict, hash_uniform
 from hg_lmm.utils.masks import unpad_to_image

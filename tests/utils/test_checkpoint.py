@@ -98,3 +98,21 @@ def test_missing_file_and_empty_folder(tmp_path):
         read_state_dict(tmp_path / "nope.pth")
     with pytest.raises(CheckpointError, match="mp_rank"):
         read_state_dict(tmp_path)
+
+
+class WithHelper(nn.Module):
+    """A trainable part holding a parameter-free child with a buffer (like SAM's pe_layer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.frozen = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).requires_grad_(False)
+        self.part = nn.Module()
+        self.part.proj = nn.Linear(2, 2)
+        self.part.pe = nn.Module()
+        self.part.pe.register_buffer("gaussian", torch.randn(2, 2))
+        self.part.pe.register_buffer("cache", torch.zeros(1), persistent=False)
+
+
+def test_parameter_free_helper_buffers_follow_their_part():
+    keys = set(trainable_state_dict(WithHelper()))
+    assert keys == {"part.proj.weight", "part.proj.bias", "part.pe.gaussian"}

@@ -16,7 +16,7 @@ from hg_lmm.heads.hg.lcb import LCB
 from hg_lmm.heads.hg.ldsi import LDSI
 from hg_lmm.heads.hg.lifg import LIFG
 from hg_lmm.heads.hg.sizes import NUM_STAGES, NUM_VISION_LAYERS, TEXT_DIM, hg_geometry
-from hg_lmm.heads.hg.text import attention_prior, phrase_pooling
+from hg_lmm.heads.pooling import attention_prior, phrase_pooling
 from hg_lmm.lmm.base import LMMDims, LMMFeatures
 from hg_lmm.utils.masks import unpad_to_image
 

@@ -1,4 +1,4 @@
-"""Per-phrase pooling of token-level LMM outputs (ARCHITECTURE.md section 2, items 1-2)."""
+"""Per-phrase pooling of token-level LMM outputs, shared by both head families."""
 
 from __future__ import annotations
 

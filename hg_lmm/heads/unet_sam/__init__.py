@@ -1,0 +1,22 @@
+"""Head family B: F-LMM's U-Net mask head with a SAM refiner (ARCHITECTURE.md section 3)."""
+
+from hg_lmm.heads.unet_sam.head import UNetSAMHead, UNetSAMOutput
+from hg_lmm.heads.unet_sam.sam_refiner import (
+    SAMImage,
+    SAMRefiner,
+    build_sam,
+    mask_boxes,
+    prepare_sam_image,
+)
+from hg_lmm.heads.unet_sam.unet import UNetMaskHead
+
+__all__ = [
+    "SAMImage",
+    "SAMRefiner",
+    "UNetMaskHead",
+    "UNetSAMHead",
+    "UNetSAMOutput",
+    "build_sam",
+    "mask_boxes",
+    "prepare_sam_image",
+]

@@ -1,0 +1,156 @@
+"""Head family B: F-LMM's U-Net coarse head plus the SAM refiner (ARCHITECTURE.md section 3).
+
+extract (the LMM adapter) -> `UNetSAMHead` -> (coarse logits on the image region, SAM logits on
+the original image). Every size comes from `LMMDims` (U-Net input = L*H, text path = L and D) or
+from the SAM model (prompt width). The state-dict names are those of the released F-LMM
+checkpoints: `mask_head.*`, `sam.model.prompt_encoder.*`, `sam.model.mask_decoder.*`,
+`text_proj.*`, `text_layer_weights`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from hg_lmm.heads.pooling import attention_prior, phrase_pooling
+from hg_lmm.heads.unet_sam.sam_refiner import ImageLike, SAMImage, SAMRefiner
+from hg_lmm.heads.unet_sam.unet import UNetMaskHead
+from hg_lmm.lmm.base import LMMDims, LMMFeatures
+from hg_lmm.utils.build import build
+from hg_lmm.utils.masks import unpad_to_image
+
+
+@dataclass
+class UNetSAMOutput:
+    """Family-B predictions for the n phrases of one sample.
+
+    Fields:
+      coarse_logits: [n, h, w] U-Net logits on the resized image region, (h, w) = meta
+        image_shape (the padded square's logits resized bilinearly, then cropped).
+      refined_logits: [n, H, W] SAM logits at the original image size.
+      mask_logits: [n, 1, s, s] raw U-Net logits over the whole padded square.
+    """
+
+    coarse_logits: torch.Tensor
+    refined_logits: torch.Tensor
+    mask_logits: torch.Tensor
+
+
+class UNetSAMHead(nn.Module):
+    """F-LMM's head: attention maps -> U-Net coarse masks -> SAM refined masks.
+
+    Arguments:
+      dims: the frozen LMM's sizes. The U-Net gets in_channels = L*H; `text_layer_weights` has L
+        entries and `text_proj` maps D to SAM's prompt width.
+      sam: a ready `SAMRefiner`, or its config dict, e.g. dict(type=SAMRefiner,
+        model=dict(type=build_sam, variant="vit_l", checkpoint="checkpoints/sam_vit_l_0b3195.pth")).
+      mask_head: a ready U-Net head, or its config dict (e.g. dict(type=UNetMaskHead), with
+        in_channels filled from `dims`); None builds F-LMM's default `UNetMaskHead`.
+
+    Entry points:
+      forward(features, image) -> UNetSAMOutput.
+      mask_logits(features) -> [n, 1, s, s] coarse logits over the padded square.
+      phrase_token_embeddings(hidden, mask_ids) -> n tensors [k_i, E], every matched token kept.
+    Checkpoints (hg_lmm.utils.checkpoint) hold everything but the frozen SAM image encoder.
+    """
+
+    # Weights that are frozen, loaded from SAM's own checkpoint and never saved with the head.
+    FROZEN_PREFIXES: ClassVar[tuple[str, ...]] = ("sam.model.image_encoder.",)
+
+    def __init__(
+        self,
+        *,
+        dims: LMMDims,
+        sam: SAMRefiner | Mapping[str, Any],
+        mask_head: nn.Module | Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.dims = dims
+        if mask_head is None:
+            mask_head = dict(type=UNetMaskHead)
+        self.mask_head = build(mask_head, in_channels=dims.attn_channels)
+        self.sam = build(sam)
+        for name, part, kind in (
+            ("mask_head", self.mask_head, nn.Module),
+            ("sam", self.sam, SAMRefiner),
+        ):
+            if not isinstance(part, kind):
+                raise TypeError(
+                    f"{name} must be a {kind.__name__} or a config dict with `type=`, got "
+                    f"{type(part).__name__}"
+                )
+        in_channels = getattr(self.mask_head, "in_channels", dims.attn_channels)
+        if in_channels != dims.attn_channels:
+            raise ValueError(
+                f"mask_head takes {in_channels} input channels but the LMM gives L*H = "
+                f"{dims.num_layers}*{dims.num_heads} = {dims.attn_channels}; build it from the dims"
+            )
+        # Initialised to 1.0 as in the reference: softmax starts uniform over layers.
+        self.text_layer_weights = nn.Parameter(torch.ones(dims.num_layers))
+        self.text_proj = nn.Linear(dims.hidden_size, self.sam.embed_dim)
+
+    def _dtype(self) -> torch.dtype:
+        return self.text_proj.weight.dtype
+
+    def _check(self, f: LMMFeatures) -> None:
+        d = self.dims
+        t = f.mask_ids.shape[0] if f.mask_ids.dim() == 1 else -1
+        expected = {
+            "attn": (f.attn, (d.num_layers, d.num_heads, t, d.grid, d.grid)),
+            "hidden": (f.hidden, (d.num_layers, t, d.hidden_size)),
+        }
+        for name, (tensor, shape) in expected.items():
+            if tuple(tensor.shape) != shape:
+                raise ValueError(
+                    f"LMMFeatures.{name} has shape {tuple(tensor.shape)}, but the U-Net+SAM head "
+                    f"built for {d} expects {shape} (T = len(mask_ids)); check the adapter's "
+                    "output or build the head from that adapter's dims"
+                )
+
+    def phrase_token_embeddings(
+        self, hidden: torch.Tensor, mask_ids: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Text prompts: text_proj(sum_l softmax(w)_l * hidden[l, t]) for every token t of phrase k.
+
+        hidden: [L, T, D] LMM hidden states at the caption tokens.
+        mask_ids: [T] long, phrase index per token or -1.
+        Returns n tensors [k_i, E] (k_i = phrase i's token count, E = SAM prompt width); unlike
+        the HG head, the tokens are not averaged.
+        """
+        n = phrase_pooling(mask_ids).shape[0]  # validates mask_ids (every phrase has a token)
+        weights = torch.softmax(self.text_layer_weights, dim=0)
+        hbar = (hidden.to(self._dtype()) * weights[:, None, None]).sum(dim=0)  # [T, D]
+        keep = mask_ids >= 0
+        embeds = self.text_proj(hbar[keep])
+        ids = mask_ids[keep]
+        return [embeds[ids == k] for k in range(n)]
+
+    def mask_logits(self, features: LMMFeatures) -> torch.Tensor:
+        """Coarse logits over the padded square: [n, 1, s, s] (s = 64 for a 24x24 grid).
+
+        features: one sample (attn [L, H, T, g, g], hidden [L, T, D], mask_ids [T], meta).
+        Each phrase's attention maps are averaged over its tokens (layer-major, [n, L*H, g, g])
+        and run through the U-Net.
+        """
+        self._check(features)
+        pooling = phrase_pooling(features.mask_ids, dtype=torch.float32)
+        prior = attention_prior(features.attn.float(), pooling)
+        return self.mask_head(prior)
+
+    def forward(self, features: LMMFeatures, image: ImageLike | SAMImage) -> UNetSAMOutput:
+        """Coarse and refined logits for every phrase of one sample.
+
+        features: the sample's `LMMFeatures` (meta places the image inside the padded square).
+        image: the original image (PIL, uint8 [H, W, 3] array or uint8 [3, H, W] tensor) or its
+          `SAMImage` from `self.sam.prepare_image` (e.g. made in a data-loader worker).
+        Returns `UNetSAMOutput` (coarse [n, h, w] on meta image_shape, refined [n, H, W]).
+        """
+        mask_logits = self.mask_logits(features)
+        coarse = unpad_to_image(mask_logits[:, 0], features.meta)
+        text_embeds = self.phrase_token_embeddings(features.hidden, features.mask_ids)
+        refined = self.sam(image, coarse, text_embeds)
+        return UNetSAMOutput(coarse_logits=coarse, refined_logits=refined, mask_logits=mask_logits)
