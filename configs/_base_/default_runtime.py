@@ -8,6 +8,8 @@ from mmengine.hooks import (
     ParamSchedulerHook,
 )
 
+from hg_lmm.utils.hooks import ProgressHook, WeightsOnlyCheckpointHook
+
 save_steps = 500
 save_total_limit = 2
 
@@ -20,6 +22,9 @@ default_hooks = dict(
     ),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
+
+# A progress bar + learning curve, and checkpoints that load weights-only (resume under torch 2.6+).
+custom_hooks = [dict(type=ProgressHook, interval=10), dict(type=WeightsOnlyCheckpointHook)]
 
 env_cfg = dict(
     cudnn_benchmark=False,

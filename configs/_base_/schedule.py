@@ -3,6 +3,8 @@
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from torch.optim import AdamW
 
+from hg_lmm.utils.loops import EpochsAsItersTrainLoop
+
 lr = 1e-4
 weight_decay = 0.01
 betas = (0.9, 0.999)
@@ -39,4 +41,5 @@ param_scheduler = [
     ),
 ]
 
-train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=1)
+# Iteration-based (exact resume), sized in epochs as the reference configs are.
+train_cfg = dict(type=EpochsAsItersTrainLoop, max_epochs=max_epochs)

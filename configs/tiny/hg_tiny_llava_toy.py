@@ -12,7 +12,6 @@ from hg_lmm.heads.hg import HGHead
 from hg_lmm.lmm.llava import TRAIN_PROMPT
 from hg_lmm.model import GroundingModel
 from hg_lmm.testing.tiny_models import tiny_llava_adapter, tiny_llava_tokenizer
-from hg_lmm.utils.hooks import ProgressHook
 
 with read_base():
     from .._base_.default_runtime import *
@@ -85,12 +84,11 @@ param_scheduler = [
         convert_to_iter_based=True,
     ),
 ]
-train_cfg = dict(by_epoch=True, max_epochs=max_epochs)
+train_cfg = dict(type=EpochsAsItersTrainLoop, max_epochs=max_epochs)
 default_hooks.update(
     logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=5),
     checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=50, max_keep_ckpts=2),
 )
-custom_hooks = [dict(type=ProgressHook, interval=5)]
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),

@@ -74,3 +74,58 @@ class ProgressHook(Hook):
     def after_train(self, runner) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+_HISTORY_TAG = "__history_buffer__"
+
+
+def _to_plain(obj: Any) -> Any:
+    """Message-hub contents as plain data: HistoryBuffers become tagged dicts, numpy -> Python."""
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    if isinstance(obj, HistoryBuffer):
+        logs, counts = obj.data
+        return {_HISTORY_TAG: [logs.tolist(), counts.tolist(), obj.max_length]}
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_plain(v) for v in obj)
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    return obj
+
+
+def _from_plain(obj: Any) -> Any:
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    if isinstance(obj, dict):
+        if set(obj) == {_HISTORY_TAG}:
+            logs, counts, max_length = obj[_HISTORY_TAG]
+            return HistoryBuffer(logs, counts, max_length)
+        return {k: _from_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_plain(v) for v in obj]
+    return obj
+
+
+@HOOKS.register_module(force=True)
+class WeightsOnlyCheckpointHook(Hook):
+    """Make every checkpoint loadable with `torch.load(weights_only=True)`.
+
+    torch >= 2.6 loads weights-only by default, and mmengine's message hub pickles its
+    `HistoryBuffer`s (and numpy scalars), so neither `--resume` nor our safe loader could read
+    a plain mmengine checkpoint. This hook stores the message hub as plain data when saving and
+    restores it right after loading, before the runner resumes from it.
+    """
+
+    priority = "VERY_LOW"
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        for key in ("message_hub", "meta"):
+            if key in checkpoint:
+                checkpoint[key] = _to_plain(checkpoint[key])
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if "message_hub" in checkpoint:
+            checkpoint["message_hub"] = _from_plain(checkpoint["message_hub"])
