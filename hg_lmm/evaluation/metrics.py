@@ -354,7 +354,9 @@ def average_recall(ious: Any, *, step: float = 1e-5) -> float:
     # recall(t) = #(iou >= t) / N, read off the sorted IoUs for the whole grid at once.
     at_least = values.size - np.searchsorted(values, thresholds[:-1], side="left")
     recall = at_least / values.size
-    return float(np.dot(np.diff(thresholds), recall))
+    # math.fsum is exactly rounded, so the result does not depend on summation order; np.dot
+    # would change in the last bits with the BLAS thread count (1 vs N processes differ).
+    return math.fsum((np.diff(thresholds) * recall).tolist())
 
 
 def png_summary(ious: Any, isthing: Any, plural: Any, *, step: float = 1e-5) -> dict[str, float]:

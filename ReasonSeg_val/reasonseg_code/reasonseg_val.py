@@ -1,0 +1,43 @@
+"""ReasonSeg (LISA) evaluation: answer each image's question with a short object name, ground
+the whole answer (threshold 0.3), and report gIoU and cIoU with the ignore regions left out.
+
+    accelerate launch ReasonSeg_val/reasonseg_code/reasonseg_val.py CONFIG --checkpoint CKPT \
+        [--split val] [--data-root data/] [--work-dir DIR]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hg_lmm.evaluation.benchmarks import reasonseg_dataset, reasonseg_record
+from hg_lmm.evaluation.metrics import reasonseg_metrics
+from hg_lmm.evaluation.runner import EvalRunner, eval_arg_parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = eval_arg_parser(__doc__)
+    parser.add_argument("--split", nargs="+", default=["val"], choices=["val", "test"])
+    parser.add_argument("--threshold", type=float, default=0.3, help="mask threshold")
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    args = parser.parse_args(argv)
+
+    runner = EvalRunner(args, "reasonseg")
+
+    def step(index: int, sample: object) -> object:
+        return reasonseg_record(
+            runner.model,
+            index,
+            sample,
+            max_new_tokens=args.max_new_tokens,
+            threshold=args.threshold,
+        )
+
+    metrics = {}
+    for split in args.split:
+        records = runner.run(f"reasonseg_{split}", reasonseg_dataset(args.data_root, split), step)
+        metrics[f"reasonseg_{split}"] = reasonseg_metrics(records)
+    runner.report(metrics, threshold=args.threshold, max_new_tokens=args.max_new_tokens)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""The one evaluation loop every eval CLI runs through.
+
+What it does, once for all benchmarks:
+  - the command line every CLI shares (`eval_arg_parser`): CONFIG, --checkpoint, --unsafe-load,
+    --num-workers, --data-root, --work-dir, --limit;
+  - building the model from an mmengine config and loading the checkpoint (`load_model`);
+  - sharding: rank r of w takes dataset indices r, r + w, r + 2w, ... (no sampler padding, so no
+    sample is ever scored twice), on `accelerator.device`, in eval mode, under `torch.no_grad`;
+  - gathering every rank's per-sample results with accelerate's `gather_object`, and checking
+    that each index came back exactly once;
+  - on rank 0: a printed table and `<work-dir>/<name>_results.json` holding the metrics, the
+    per-dataset sample counts (also per rank) and how the run was made.
+
+Launch with `accelerate launch SCRIPT CONFIG --checkpoint CKPT`. For several CPU processes on one
+machine, accelerate 0.34 needs `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
+--num_processes N ...`: its `--cpu --num_processes N` starts a single process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hg_lmm.evaluation.rle import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA_ROOT = "data/"
+# The released 7B HG head carries an unused `cliplayer`; its tensors are dropped (and logged).
+IGNORED_CHECKPOINT_PREFIXES = ("cliplayer.",)
+
+
+def eval_arg_parser(description: str | None, *, with_model: bool = True) -> argparse.ArgumentParser:
+    """The arguments every eval CLI shares; a CLI adds its own flags to the returned parser.
+
+    Arguments:
+      description: the CLI's help text (its module docstring).
+      with_model: add CONFIG, --checkpoint, --unsafe-load and --num-workers (False for CLIs
+        that only score saved predictions).
+    """
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if with_model:
+        parser.add_argument("config", help="mmengine config that builds the model (cfg.model)")
+        parser.add_argument(
+            "--checkpoint", required=True, help=".pth/.safetensors file or DeepSpeed folder"
+        )
+        parser.add_argument(
+            "--unsafe-load",
+            action="store_true",
+            help="allow a checkpoint that needs arbitrary unpickling (only for trusted files)",
+        )
+    parser.add_argument(
+        "--data-root",
+        default=DEFAULT_DATA_ROOT,
+        help="root of the data tree of data/README.md (e.g. data/toy); default %(default)s",
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="where <name>_results.json goes; default work_dirs/<config name>",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="score only the first N samples of each dataset (smoke runs)",
+    )
+    if with_model:
+        parser.add_argument("--num-workers", type=int, default=0, help="data-loading workers")
+    return parser
+
+
+def default_work_dir(config: str | None, fallback: str = "eval") -> str:
+    """work_dirs/<config file stem> (xtuner/mmengine's convention), or work_dirs/<fallback>."""
+    stem = Path(config).stem if config else fallback
+    return os.path.join("work_dirs", stem)
+
+
+def load_model(
+    config: str,
+    checkpoint: str | os.PathLike | None,
+    *,
+    unsafe: bool = False,
+    device: torch.device | str | None = None,
+) -> Any:
+    """Build `cfg.model` of an mmengine config and load a checkpoint into it.
+
+    Arguments:
+      config: the config file.
+      checkpoint: the trained state (ours, a released head, or a DeepSpeed folder); None only
+        for plumbing checks with an untrained head.
+      unsafe: allow checkpoints that need arbitrary unpickling (`--unsafe-load`).
+      device: where the model goes.
+
+    Returns:
+      The model in eval mode. Raises `SystemExit` with the fix for a missing config or a
+      checkpoint that does not fit.
+    """
+    if not os.path.isfile(config):
+        raise SystemExit(f"config file {config!r} not found; pass a file under configs/")
+    from mmengine.config import Config
+
+    from hg_lmm.utils.build import build
+    from hg_lmm.utils.checkpoint import CheckpointError, load_state
+
+    cfg = Config.fromfile(config)
+    if "model" not in cfg:
+        raise SystemExit(f"{config} has no `model`; evaluation builds cfg.model")
+    model = build(cfg.model)
+    if checkpoint is not None:
+        try:
+            report = load_state(
+                model,
+                checkpoint,
+                ignored_prefixes=IGNORED_CHECKPOINT_PREFIXES,
+                strict=True,
+                unsafe=unsafe,
+            )
+        except CheckpointError as error:
+            raise SystemExit(f"cannot evaluate {checkpoint}: {error}") from error
+        logger.info("loaded %s: %s", checkpoint, report)
+    else:
+        logger.warning("no checkpoint: evaluating an untrained head")
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def _identity(sample: Any) -> Any:
+    return sample
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (an empty group, e.g. no plural phrase) becomes null so the file is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def format_table(metrics: Mapping[str, Mapping[str, float | None]]) -> str:
+    """Rows = datasets, columns = metric names (in first-seen order), 4 decimals."""
+    columns: list[str] = []
+    for row in metrics.values():
+        columns += [c for c in row if c not in columns]
+    header = ["dataset", *columns]
+    lines = [header]
+    for name, row in metrics.items():
+        cells = [name]
+        for column in columns:
+            value = row.get(column)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                cells.append("-")
+            elif isinstance(value, float):
+                cells.append(f"{value:.4f}")
+            else:
+                cells.append(str(value))
+        lines.append(cells)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    return "\n".join(text)
+
+
+def write_report(
+    work_dir: str | os.PathLike,
+    name: str,
+    metrics: Mapping[str, Mapping[str, Any]],
+    **extra: Any,
+) -> Path:
+    """Print the metrics table and write `<work_dir>/<name>_results.json` (atomically).
+
+    Arguments:
+      work_dir: output folder (created).
+      name: the benchmark ("png", "refcoco", "gcg", "reasonseg").
+      metrics: dataset name -> metric name -> value.
+      **extra: more JSON-safe fields (counts, config, checkpoint...).
+
+    Returns:
+      The path of the results file.
+    """
+    path = Path(work_dir) / f"{name}_results.json"
+    write_json_atomic(path, _json_safe({"name": name, "metrics": metrics, **extra}), indent=2)
+    print(format_table(metrics), flush=True)
+    print(f"results written to {path}", flush=True)
+    return path
+
+
+class EvalRunner:
+    """Model, accelerator and the sharded, gathered evaluation loop of one CLI run.
+
+    Arguments:
+      args: parsed `eval_arg_parser` arguments.
+      name: the benchmark name; results go to `<work-dir>/<name>_results.json`.
+      load: build and load the model now (False for CLIs that bring their own).
+    """
+
+    def __init__(self, args: argparse.Namespace, name: str, *, load: bool = True) -> None:
+        from accelerate import Accelerator
+
+        self.accelerator = Accelerator()
+        self.args = args
+        self.name = name
+        logging.basicConfig(
+            level=logging.INFO if self.is_main else logging.WARNING,
+            format=f"[rank {self.rank}] %(levelname)s %(name)s: %(message)s",
+        )
+        config = getattr(args, "config", None)
+        self.work_dir = Path(args.work_dir or default_work_dir(config))
+        self.counts: dict[str, dict[str, Any]] = {}
+        self.model: Any = None
+        if load:
+            self.model = load_model(
+                config,
+                args.checkpoint,
+                unsafe=getattr(args, "unsafe_load", False),
+                device=self.accelerator.device,
+            )
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def shard(self, num_samples: int) -> list[int]:
+        """This rank's dataset indices: rank, rank + world, ... (disjoint, covering all)."""
+        return list(range(self.rank, num_samples, self.world_size))
+
+    def run(self, dataset_name: str, dataset: Any, step: Callable[[int, Any], Any]) -> list[Any]:
+        """Apply `step(index, sample)` to every sample of `dataset`, sharded over the ranks.
+
+        Arguments:
+          dataset_name: names the dataset in the progress bar, the counts and errors.
+          dataset: a map-style dataset.
+          step: scores one sample; returns a picklable result (a record, a list of records, a
+            status...). It runs under `torch.no_grad`.
+
+        Returns:
+          On every rank, all results in dataset-index order (gathered from every rank).
+        """
+        from accelerate.utils import gather_object
+        from torch.utils.data import DataLoader, Subset
+        from tqdm import tqdm
+
+        num_samples = len(dataset)
+        if self.args.limit is not None:
+            num_samples = min(num_samples, self.args.limit)
+        indices = self.shard(num_samples)
+        loader = DataLoader(
+            Subset(dataset, indices),
+            batch_size=None,
+            collate_fn=_identity,
+            num_workers=self.args.num_workers,
+        )
+        local = []
+        bar = tqdm(total=len(indices), desc=dataset_name, disable=not self.is_main)
+        with torch.no_grad():
+            for index, sample in zip(indices, loader):
+                local.append((index, self.rank, step(index, sample)))
+                bar.update()
+        bar.close()
+        gathered = gather_object(local) if self.world_size > 1 else local
+        self._check_coverage(dataset_name, [index for index, _, _ in gathered], num_samples)
+        gathered.sort(key=lambda item: item[0])
+        per_rank = [0] * self.world_size
+        for _, rank, _ in gathered:
+            per_rank[rank] += 1
+        results = [result for _, _, result in gathered]
+        self.counts[dataset_name] = {
+            "samples": num_samples,
+            "records": sum(len(r) if isinstance(r, list) else 1 for r in results),
+            "per_rank": per_rank,
+        }
+        return results
+
+    @staticmethod
+    def _check_coverage(dataset_name: str, indices: Sequence[int], num_samples: int) -> None:
+        times = Counter(indices)
+        repeated = sorted(i for i, n in times.items() if n > 1)
+        missing = sorted(set(range(num_samples)) - set(times))
+        if repeated or missing:
+            raise RuntimeError(
+                f"{dataset_name}: the gathered results do not cover each sample exactly once "
+                f"(repeated {repeated[:10]}, missing {missing[:10]}); every rank must run the "
+                "same dataset with the same --limit"
+            )
+
+    def report(self, metrics: Mapping[str, Mapping[str, Any]], **extra: Any) -> Path | None:
+        """On rank 0, print the table and write the results JSON; all ranks wait for it."""
+        path = None
+        if self.is_main:
+            path = write_report(
+                self.work_dir,
+                self.name,
+                metrics,
+                counts=self.counts,
+                world_size=self.world_size,
+                config=getattr(self.args, "config", None),
+                checkpoint=getattr(self.args, "checkpoint", None),
+                data_root=self.args.data_root,
+                limit=self.args.limit,
+                **extra,
+            )
+        self.accelerator.wait_for_everyone()
+        return path
+
+
+def make_tokenize(model: Any) -> Any:
+    """The training tokenization (prompt + caption pieces) for `model`'s LMM adapter."""
+    from hg_lmm.datasets import TokenizePieces
+
+    return TokenizePieces(tokenizer=model.lmm.tokenizer, prompt=model.lmm.train_prompt)
+
+
+def flatten(results: Sequence[Sequence[Any]]) -> list[Any]:
+    """Concatenate per-sample result lists (e.g. the records of each sample)."""
+    return [item for part in results for item in part]
+
+
+__all__ = [
+    "DEFAULT_DATA_ROOT",
+    "IGNORED_CHECKPOINT_PREFIXES",
+    "EvalRunner",
+    "default_work_dir",
+    "eval_arg_parser",
+    "flatten",
+    "format_table",
+    "load_model",
+    "make_tokenize",
+    "write_report",
+]

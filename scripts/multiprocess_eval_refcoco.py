@@ -1,0 +1,47 @@
+"""Referring segmentation on RefCOCO val/testA/testB, RefCOCO+ val/testA/testB and RefCOCOg
+val/test: cIoU and mIoU (percent, mmdet's RefSegMetric) for each split.
+
+Each expression is scored on its own. By default each expression runs in its own forward pass,
+as the only phrase of the caption; with --concat all expressions of an image form one caption
+(each followed by a period) and run in one forward pass, which is how the model is trained.
+
+    accelerate launch scripts/multiprocess_eval_refcoco.py CONFIG --checkpoint CKPT [--concat] \
+        [--val] [--data-root data/] [--work-dir DIR]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hg_lmm.evaluation.benchmarks import REFCOCO_SPLITS, refcoco_dataset, refseg_records
+from hg_lmm.evaluation.metrics import refseg_metrics
+from hg_lmm.evaluation.runner import EvalRunner, eval_arg_parser, flatten, make_tokenize
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = eval_arg_parser(__doc__)
+    parser.add_argument(
+        "--concat", action="store_true", help="all expressions of an image in one forward pass"
+    )
+    parser.add_argument("--val", action="store_true", help="only the val splits")
+    parser.add_argument(
+        "--splits", nargs="+", choices=list(REFCOCO_SPLITS), help="evaluate only these splits"
+    )
+    args = parser.parse_args(argv)
+    splits = args.splits or [s for s in REFCOCO_SPLITS if not args.val or s.endswith("_val")]
+
+    runner = EvalRunner(args, "refcoco")
+    model, tokenize = runner.model, make_tokenize(runner.model)
+
+    def step(index: int, sample: object) -> list:
+        return refseg_records(model, index, sample, tokenize=tokenize, concat=args.concat)
+
+    metrics = {}
+    for name in splits:
+        results = runner.run(name, refcoco_dataset(args.data_root, name), step)
+        metrics[name] = refseg_metrics(flatten(results))
+    runner.report(metrics, concat=args.concat)
+
+
+if __name__ == "__main__":
+    main()
