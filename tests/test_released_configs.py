@@ -1,0 +1,298 @@
+"""The six released configs: original file names, the reference recipes, and that each one builds
+the right head family and a working data pipeline once its LMM is swapped for a tiny one.
+
+Real LMMs and SAM weights are never loaded here: `tiny_overrides` replaces `cfg.model.lmm` with
+the matching tiny adapter, SAM with a tiny random SAM, the tokenizer and prompt with the tiny
+LMM's, and `data/` with the toy data set; everything else is the released config as shipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "deepseek_vl"
+SAM_L = "checkpoints/sam_vit_l_0b3195.pth"
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A released config and the reference facts it must carry."""
+
+    path: str
+    family: str  # "hg" or "unet_sam"
+    lmm: str  # "1.3b", "7b" (DeepSeek-VL styles) or "llava"
+    model_path: str
+    max_epochs: int
+    batch_size: int
+    lr: float
+
+    @property
+    def id(self) -> str:
+        return Path(self.path).stem
+
+
+DS13, DS7, LLAVA = (
+    "deepseek-ai/deepseek-vl-1.3b-chat",
+    "deepseek-ai/deepseek-vl-7b-chat",
+    "llava-hf/llava-1.5-7b-hf",
+)
+# HG-LMM's configs: 4 epochs, batch 1, lr 1e-4. F-LMM's: 8 epochs, batch 1, lr 1e-4, except the
+# 1.3B model (batch 2, lr 2e-4).
+LEAVES = [
+    Leaf(
+        "deepseek_vl/hg_frozen_deepseek_vl_1_3b_chat_refcoco_png.py", "hg", "1.3b", DS13, 4, 1, 1e-4
+    ),
+    Leaf("deepseek_vl/hg_frozen_deepseek_vl_7b_chat_refcoco_png.py", "hg", "7b", DS7, 4, 1, 1e-4),
+    Leaf("llava/hg_frozen_llava_1_5_vicuna_7b_refcoco_png.py", "hg", "llava", LLAVA, 4, 1, 1e-4),
+    Leaf(
+        "deepseek_vl/frozen_deepseek_vl_1_3b_chat_unet_sam_l_refcoco_png.py",
+        "unet_sam",
+        "1.3b",
+        DS13,
+        8,
+        2,
+        2e-4,
+    ),
+    Leaf(
+        "deepseek_vl/frozen_deepseek_vl_7b_chat_unet_sam_l_refcoco_png.py",
+        "unet_sam",
+        "7b",
+        DS7,
+        8,
+        1,
+        1e-4,
+    ),
+    Leaf(
+        "llava/frozen_llava_1_5_vicuna_7b_unet_sam_l_refcoco_png.py",
+        "unet_sam",
+        "llava",
+        LLAVA,
+        8,
+        1,
+        1e-4,
+    ),
+]
+LEAF_IDS = [leaf.id for leaf in LEAVES]
+
+
+def load_leaf(leaf: Leaf):
+    from mmengine.config import Config
+
+    return Config.fromfile(str(ROOT / "configs" / leaf.path))
+
+
+def expected_prompt(leaf: Leaf) -> str:
+    """The adapter's own training prompt for the released LMM (its code, the release's dims)."""
+    if leaf.lmm == "llava":
+        from hg_lmm.lmm.llava import TRAIN_PROMPT
+
+        return TRAIN_PROMPT
+    from hg_lmm.lmm.deepseek_vl.adapter import DeepseekVLAdapter
+    from hg_lmm.lmm.deepseek_vl.configuration import MultiModalityConfig
+
+    name = {"1.3b": "deepseek-vl-1.3b-chat", "7b": "deepseek-vl-7b-chat"}[leaf.lmm]
+    release = MultiModalityConfig(**json.loads((FIXTURES / f"{name}.config.json").read_text()))
+    # train_prompt is a property of a loaded adapter; evaluate it on the release's dims instead.
+    fake = SimpleNamespace(dims=SimpleNamespace(num_image_tokens=release.num_image_tokens))
+    fake.image_tokens = DeepseekVLAdapter.image_tokens.fget(fake)
+    return DeepseekVLAdapter.train_prompt.fget(fake)
+
+
+def _rebase(obj: Any, old: str, new: str) -> Any:
+    """Every string starting with `old` (a path prefix) now starts with `new`."""
+    if isinstance(obj, str):
+        return new + obj[len(old) :] if obj.startswith(old) else obj
+    if isinstance(obj, dict):  # ConfigDicts too; their items() give the resolved `type`s
+        return {k: _rebase(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rebase(v, old, new) for v in obj]
+    return obj
+
+
+def tiny_overrides(cfg, leaf: Leaf, tiny_dir: Path, toy_root: Path):
+    """The released config with a tiny LMM (and tiny SAM), its tokenizer and prompt, toy data."""
+    from hg_lmm.testing.tiny_deepseek_vl import (
+        tiny_deepseek_vl_adapter,
+        tiny_deepseek_vl_tokenizer,
+    )
+    from hg_lmm.testing.tiny_models import tiny_llava_adapter, tiny_llava_tokenizer
+    from hg_lmm.testing.tiny_sam import tiny_sam
+
+    if leaf.lmm == "llava":
+        cache = str(tiny_dir / "llava")
+        lmm = dict(type=tiny_llava_adapter, cache_dir=cache)
+        tokenizer = dict(type=tiny_llava_tokenizer, cache_dir=cache)
+        prompt = None  # LLaVA's prompt does not depend on the model size: keep the config's
+    else:
+        cache = str(tiny_dir / f"deepseek_vl_{leaf.lmm}")
+        lmm = dict(type=tiny_deepseek_vl_adapter, cache_dir=cache, style=leaf.lmm)
+        tokenizer = dict(type=tiny_deepseek_vl_tokenizer, cache_dir=cache, style=leaf.lmm)
+        # The tiny grid has fewer image tokens than 576: the tiny adapter's own prompt.
+        prompt = tiny_deepseek_vl_adapter(cache_dir=cache, style=leaf.lmm).train_prompt
+    cfg.model.lmm = lmm
+    if leaf.family == "unet_sam":
+        cfg.model.head.sam.model = dict(type=tiny_sam)
+    datasets = []
+    for d in cfg.train_dataloader.dataset.datasets:
+        d = _rebase(d, "data/", f"{toy_root}/")
+        d["transform"]["tokenizer"] = tokenizer
+        if prompt is not None:
+            d["transform"]["prompt"] = prompt
+        datasets.append(d)
+    cfg.train_dataloader.dataset.datasets = datasets
+    cfg.train_dataloader.num_workers = 0
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory) -> Path:
+    from hg_lmm.datasets.toy import make_toy_data
+
+    root = tmp_path_factory.mktemp("toy")
+    make_toy_data(str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny_lmms")
+
+
+# --- the configs as shipped ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("leaf", LEAVES, ids=LEAF_IDS)
+def test_recipe(leaf):
+    from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
+
+    from hg_lmm.datasets.collate import concat_datasets, list_collate
+    from hg_lmm.datasets.png import PNGDataset
+    from hg_lmm.datasets.refcoco import RefCocoDataset
+    from hg_lmm.datasets.transforms import TokenizePieces
+    from hg_lmm.heads.hg import HGHead
+    from hg_lmm.heads.unet_sam import SAMRefiner, UNetMaskHead, UNetSAMHead, build_sam
+    from hg_lmm.lmm.deepseek_vl.adapter import build_deepseek_vl_adapter
+    from hg_lmm.lmm.llava import build_llava_adapter
+    from hg_lmm.model import GroundingModel
+    from hg_lmm.utils.loops import EpochsAsItersTrainLoop
+
+    cfg = load_leaf(leaf)
+    model = cfg.model
+    assert model.type is GroundingModel
+    builder = build_llava_adapter if leaf.lmm == "llava" else build_deepseek_vl_adapter
+    assert model.lmm.type is builder
+    assert model.lmm.model_path == leaf.model_path
+    assert model.lmm.torch_dtype == "bfloat16"
+    assert model.loss == dict(loss_mask_weight=1.0, loss_dice_weight=1.0)
+    if leaf.family == "hg":
+        assert model.head.type is HGHead
+    else:
+        assert model.head.type is UNetSAMHead
+        assert model.head.mask_head.type is UNetMaskHead
+        assert model.head.sam.type is SAMRefiner
+        sam = model.head.sam.model
+        assert (sam.type, sam.variant, sam.checkpoint) == (build_sam, "vit_l", SAM_L)
+
+    # Schedule: AdamW, wd 0.01, 3% linear warm-up then cosine to 0, bf16 AMP, grad-norm clip 1.
+    ow = cfg.optim_wrapper
+    assert ow.type is AmpOptimWrapper and ow.dtype == "bfloat16"
+    assert ow.clip_grad.max_norm == 1.0
+    assert ow.optimizer.type is torch.optim.AdamW
+    assert ow.optimizer.lr == leaf.lr and ow.optimizer.weight_decay == 0.01
+    warm, cosine = cfg.param_scheduler
+    e = leaf.max_epochs
+    assert warm.type is LinearLR and (warm.begin, warm.end) == (0, pytest.approx(0.03 * e))
+    assert cosine.type is CosineAnnealingLR and cosine.eta_min == 0.0
+    assert (cosine.begin, cosine.end) == (pytest.approx(0.03 * e), e)
+    assert all(s.by_epoch and s.convert_to_iter_based for s in cfg.param_scheduler)
+    assert cfg.train_cfg.type is EpochsAsItersTrainLoop and cfg.train_cfg.max_epochs == e
+    # No debug values: checkpoints every 500 iterations, as the reference configs save.
+    assert cfg.default_hooks.checkpoint.interval == 500
+
+    # Data: PNG + RefCOCO (unc) + RefCOCO+ (unc) + RefCOCOg (umd) train splits, each tokenised
+    # with the LMM's own tokenizer and training prompt.
+    dl = cfg.train_dataloader
+    assert dl.batch_size == leaf.batch_size
+    assert dl.collate_fn.type is list_collate and dl.dataset.type is concat_datasets
+    png, *refs = dl.dataset.datasets
+    assert png.type is PNGDataset
+    assert png.json_file == "data/coco/annotations/png_coco_train2017.json"
+    assert [(r.type, r.split_file, r.split) for r in refs] == [
+        (RefCocoDataset, "refcoco/refs(unc).p", "train"),
+        (RefCocoDataset, "refcoco+/refs(unc).p", "train"),
+        (RefCocoDataset, "refcocog/refs(umd).p", "train"),
+    ]
+    prompt = expected_prompt(leaf)
+    for d in dl.dataset.datasets:
+        assert d.transform.type is TokenizePieces
+        assert d.transform.tokenizer.pretrained_model_name_or_path == leaf.model_path
+        assert d.transform.prompt == prompt
+
+
+def test_deepseek_prompt_holds_one_image_of_576_tags():
+    prompt = expected_prompt(LEAVES[0])
+    assert prompt.count("<image_placeholder>") == 576
+    assert prompt.startswith("User: <image_placeholder>")
+    assert prompt.endswith("Please give me a description of the image.\n\nAssistant:")
+
+
+# --- built with a tiny LMM -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("leaf", LEAVES, ids=LEAF_IDS)
+def test_builds_with_tiny_lmm(leaf, tiny_dir, toy_root):
+    from hg_lmm.heads.hg import HGHead
+    from hg_lmm.heads.unet_sam import UNetSAMHead
+    from hg_lmm.utils.build import build
+
+    cfg = tiny_overrides(load_leaf(leaf), leaf, tiny_dir, toy_root)
+    model = build(cfg.model)
+    head_cls = HGHead if leaf.family == "hg" else UNetSAMHead
+    assert type(model.head) is head_cls
+    dims = model.lmm.dims
+    assert model.head.dims == dims and dims.hidden_size == 32  # the tiny LMM's, not 2048/4096
+    assert model.head.text_layer_weights.numel() == dims.num_layers
+    assert model.head.text_proj.in_features == dims.hidden_size
+    # Both runners call init_weights() before training: it must leave the frozen LMM alone.
+    frozen = {k: v.clone() for k, v in model.lmm.state_dict().items()}
+    model.init_weights()
+    assert all(torch.equal(v, frozen[k]) for k, v in model.lmm.state_dict().items())
+
+    # The released data pipeline on the toy set: one sample from each of the four data sets.
+    dataset = build(cfg.train_dataloader.dataset)
+    assert len(dataset.datasets) == 4
+    starts = [0, *dataset.cumulative_sizes[:-1]]
+    samples = [dataset[i] for i in starts]
+    for s in samples:
+        assert s.input_ids.shape == s.mask_ids.shape
+        assert int(s.mask_ids.max()) + 1 == len(s.masks)
+        assert (s.mask_ids[: s.prompt_len] == -1).all()
+    model.train()
+    losses = model([samples[0]], mode="loss")
+    total = sum(v for k, v in losses.items() if "loss" in k)
+    assert torch.isfinite(total)
+    assert ("sam_loss_mask" in losses) == (leaf.family == "unet_sam")
+
+
+def test_tiny_overrides_touch_only_lmm_sam_tokenizer_and_paths(tiny_dir, toy_root):
+    leaf = LEAVES[3]
+    shipped = load_leaf(leaf)
+    tiny = tiny_overrides(load_leaf(leaf), leaf, tiny_dir, toy_root)
+    assert tiny.model.head.mask_head == shipped.model.head.mask_head
+    assert tiny.optim_wrapper == shipped.optim_wrapper
+    assert tiny.param_scheduler == shipped.param_scheduler
+    for a, b in zip(
+        tiny.train_dataloader.dataset.datasets, shipped.train_dataloader.dataset.datasets
+    ):
+        assert a["type"] is b["type"]
+        assert a.get("split_file") == b.get("split_file")
+        assert os.path.isabs(a.get("json_file", a.get("data_root")))
