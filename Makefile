@@ -1,7 +1,7 @@
 # Every target sets up .venv/ first (a fast no-op once it is complete).
 PY := .venv/bin/python
 
-.PHONY: setup test test-fast lint
+.PHONY: setup test test-fast lint demo
 
 setup:
 	bash scripts/setup_env.sh
@@ -17,3 +17,7 @@ test: setup
 # Inner-loop variant without the tests marked slow.
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# The main job on its built-in default: toy data, untrained vs trained tiny HG model (CPU).
+demo: setup
+	$(PY) scripts/demo.py

@@ -155,10 +155,10 @@ def tiny_overrides(cfg, leaf: Leaf, tiny_dir: Path, toy_root: Path):
 
 @pytest.fixture(scope="module")
 def toy_root(tmp_path_factory) -> Path:
-    from hg_lmm.datasets.toy import make_toy_data
+    from hg_lmm.datasets.toy import ToyConfig, make_toy_data
 
     root = tmp_path_factory.mktemp("toy")
-    make_toy_data(str(root))
+    make_toy_data(str(root), ToyConfig.small())
     return root
 
 

@@ -29,10 +29,10 @@ def _xtuner_train(cwd: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from hg_lmm.datasets.toy import make_toy_data
+    from hg_lmm.datasets.toy import ToyConfig, make_toy_data
 
     cwd = tmp_path_factory.mktemp("train")
-    make_toy_data(str(cwd / "data" / "toy"))
+    make_toy_data(str(cwd / "data" / "toy"), ToyConfig.small())
     return cwd
 
 

@@ -19,7 +19,7 @@ with read_base():
 
 data_root = "data/toy/"
 tiny_lmm_dir = "work_dirs/tiny_lmms/llava"
-max_epochs = 8
+max_epochs = 12
 batch_size = 4
 
 model = dict(

@@ -61,18 +61,28 @@ _SIDE_FRACTION = {"small": (0.16, 0.22), "big": (0.28, 0.36)}
 
 @dataclass(frozen=True)
 class ToyConfig:
-    """Size knobs of the toy set (numbers of images per split) and its seed."""
+    """Size knobs of the toy set (numbers of images per split) and its seed.
+
+    The defaults are the built-in data set of the main job (`make demo`): enough images for a
+    tiny model to learn the shapes in a few CPU minutes. Tests use `ToyConfig.small()`.
+    """
 
     seed: int = 0
-    png_train: int = 12
-    png_val: int = 6
-    refcoco_images: int = 12
+    png_train: int = 120
+    png_val: int = 12
+    refcoco_images: int = 240
     gcg_images: int = 4
     reasonseg_images: int = 4
     min_side: int = 64
     max_side: int = 160
     noise_prob: float = 0.5
     jpeg_quality: int = 90
+
+    @classmethod
+    def small(cls, **overrides: int) -> ToyConfig:
+        """A few dozen images: every format and split present, generated and read in seconds."""
+        sizes = dict(png_train=12, png_val=6, refcoco_images=12)
+        return cls(**{**sizes, **overrides})
 
     def __post_init__(self) -> None:
         if self.refcoco_images < 6:

@@ -90,8 +90,8 @@ def tiny_tokenizer(kind: str, save_dir: str | Path, vocab_size: int = 400):
 def tiny_llava_config(
     tokenizer,
     *,
-    image_size: int = 24,
-    patch_size: int = 4,
+    image_size: int = 64,
+    patch_size: int = 8,
     vision_layers: int = 4,
     hidden_size: int = 32,
     text_layers: int = 2,
@@ -99,7 +99,7 @@ def tiny_llava_config(
 ):
     """A LlavaConfig with a CLIP-L-shaped (but tiny) vision tower and a tiny Llama.
 
-    grid = image_size // patch_size (6 by default, N = 36 image tokens).
+    grid = image_size // patch_size (48 // 8 = 6 by default, N = 36 image tokens).
     """
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 

@@ -34,13 +34,13 @@ from hg_lmm.datasets.toy import toy_paths as _toy_paths
 @pytest.fixture(scope="session")
 def toy(tmp_path_factory) -> dict[str, str]:
     """The toy set, generated once; tests that corrupt files make their own copy."""
-    return make_toy_data(str(tmp_path_factory.mktemp("toy")), ToyConfig(seed=0))
+    return make_toy_data(str(tmp_path_factory.mktemp("toy")), ToyConfig.small())
 
 
 @pytest.fixture
 def fresh_toy(tmp_path) -> dict[str, str]:
     """A private toy set (0.1 s) that a test may damage."""
-    return make_toy_data(str(tmp_path / "toy"), ToyConfig(seed=0, png_train=3, png_val=1))
+    return make_toy_data(str(tmp_path / "toy"), ToyConfig.small(png_train=3, png_val=1))
 
 
 def png_dataset(paths: dict[str, str], split: str = "train2017", **kw) -> PNGDataset:
@@ -303,7 +303,7 @@ def test_grandf_reader(toy, split):
         mask_json=toy[f"gcg_{split}_mask"],
         image_dir=toy["gcg_images"],
     )
-    assert len(ds) == ToyConfig().gcg_images
+    assert len(ds) == ToyConfig.small().gcg_images
     for i in range(len(ds)):
         s = ds[i]
         assert s.image_path.endswith(f"{s.image_id}.jpg") and s.caption
@@ -336,7 +336,7 @@ def test_grandf_polygons_and_dangling(fresh_toy):
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_reasonseg_reader(toy, split):
     ds = ReasonSegDataset(root=toy[f"reasonseg_{split}"])
-    assert len(ds) == ToyConfig().reasonseg_images
+    assert len(ds) == ToyConfig.small().reasonseg_images
     saw_ignore = False
     for i in range(len(ds)):
         s = ds[i]

@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("toy_gen"))
-    make_toy_data(root, ToyConfig(seed=0))
+    make_toy_data(root, ToyConfig.small())
     return root
 
 
@@ -39,10 +39,10 @@ def _digest(root: str) -> dict[str, str]:
 
 def test_same_seed_same_bytes_other_seed_differs(toy_root, tmp_path):
     tik = time.perf_counter()
-    make_toy_data(str(tmp_path / "a"), ToyConfig(seed=0))
+    make_toy_data(str(tmp_path / "a"), ToyConfig.small())
     elapsed = time.perf_counter() - tik
     assert _digest(str(tmp_path / "a")) == _digest(toy_root)
-    make_toy_data(str(tmp_path / "b"), ToyConfig(seed=1))
+    make_toy_data(str(tmp_path / "b"), ToyConfig.small(seed=1))
     other = _digest(str(tmp_path / "b"))
     assert other.keys() == _digest(toy_root).keys()
     assert other != _digest(toy_root)

@@ -34,7 +34,7 @@ def kind_tok(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    return make_toy_data(str(tmp_path_factory.mktemp("toy_tok")), ToyConfig(seed=0))
+    return make_toy_data(str(tmp_path_factory.mktemp("toy_tok")), ToyConfig.small())
 
 
 def _check_alignment(tok, sample) -> None:

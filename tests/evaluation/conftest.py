@@ -40,7 +40,7 @@ def toy_root(tmp_path_factory) -> str:
     from hg_lmm.datasets.toy import ToyConfig, make_toy_data
 
     root = str(tmp_path_factory.mktemp("toy_eval"))
-    make_toy_data(root, ToyConfig(seed=0))
+    make_toy_data(root, ToyConfig.small())
     return root
 
 

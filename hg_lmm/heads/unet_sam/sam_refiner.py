@@ -142,8 +142,8 @@ class SAMRefiner(nn.Module):
       - the phrase's text-token embeddings appended to the sparse (box) embeddings;
     with multimask_output=False, and its low-res output is postprocessed to the original size.
 
-    Keep the weights in float32 and use autocast for mixed precision: segment_anything's prompt
-    encoder multiplies float32 coordinates with its positional matrix, which fails in bf16.
+    The weights may be cast to bf16 (DeepSpeed does); the prompt encoder's positional matrix is
+    put back to float32 on use, since segment_anything multiplies float32 coordinates with it.
     """
 
     def __init__(self, *, model: Sam | Mapping[str, Any]) -> None:
@@ -243,6 +243,11 @@ class SAMRefiner(nn.Module):
         if n == 0:
             return coarse_logits.new_zeros((0, *image.original_size))
         image_embeddings = self.encode_image(image)
+        pe = self.model.prompt_encoder.pe_layer
+        if pe.positional_encoding_gaussian_matrix.dtype != torch.float32:
+            # A bf16 cast of the whole model (DeepSpeed) reaches this buffer too, but
+            # segment_anything multiplies float32 coordinates with it: keep it float32.
+            pe.positional_encoding_gaussian_matrix = pe.positional_encoding_gaussian_matrix.float()
         prompt_dtype = self.model.prompt_encoder.no_mask_embed.weight.dtype
         masks = self.mask_prompts(coarse_logits, image.input_size).to(prompt_dtype)
         boxes = self.box_prompts(coarse_logits, image.original_size)
