@@ -81,6 +81,7 @@ def save_untrained(args: argparse.Namespace, path: Path) -> None:
 def prediction_grid(args: argparse.Namespace, checkpoint: Path, path: Path, rows: int) -> None:
     """Image / ground truth / prediction for the first phrases of the val split."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -106,8 +107,15 @@ def prediction_grid(args: argparse.Namespace, checkpoint: Path, path: Path, rows
             row, (("image", None), ("ground truth", gt), ("prediction", pred))
         ):
             ax.imshow(image)
-            if mask is not None:
-                ax.imshow(mask.numpy(), alpha=0.55, cmap="autumn", vmin=0, vmax=1)
+            if mask is not None:  # the mask in cyan, the rest of the image untouched
+                ax.imshow(
+                    np.ma.masked_equal(mask.numpy().astype(np.uint8), 0),
+                    alpha=0.7,
+                    cmap="cool",
+                    vmin=0,
+                    vmax=1,
+                    interpolation="nearest",
+                )
             ax.set_title(f"{title}: {phrase}" if mask is None else title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
@@ -169,7 +177,8 @@ def main() -> None:
     (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     print(f"\n[demo] learning curve (mean loss per {curve['interval']} iterations):")
-    for point in curve["points"]:
+    points = curve["points"]
+    for point in points[:: max(1, len(points) // 12)] + points[-1:]:
         print(f"  iter {point['iter']:5d}  loss {point['loss']:.4f}")
     print(
         f"\n[demo] {EVAL_SPLIT} cIoU: untrained {before['cIoU']:.2f} -> trained {after['cIoU']:.2f}"
