@@ -99,7 +99,7 @@ def tiny_llava_config(
 ):
     """A LlavaConfig with a CLIP-L-shaped (but tiny) vision tower and a tiny Llama.
 
-    grid = image_size // patch_size (48 // 8 = 6 by default, N = 36 image tokens).
+    grid = image_size // patch_size (64 // 8 = 8 by default, N = 64 image tokens).
     """
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 

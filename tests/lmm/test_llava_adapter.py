@@ -59,7 +59,9 @@ def test_dims_from_config(adapter, tiny_llava):
         cfg.text_config.num_attention_heads,
         cfg.text_config.hidden_size,
     )
-    assert d.grid == 6 and d.vision_channels == cfg.text_config.hidden_size
+    vcfg = cfg.vision_config
+    assert d.grid == vcfg.image_size // vcfg.patch_size
+    assert d.vision_channels == cfg.text_config.hidden_size
 
 
 def test_extract_matches_plain_forward(adapter, tiny_llava):
