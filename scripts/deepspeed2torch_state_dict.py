@@ -25,14 +25,14 @@ from pathlib import Path
 
 import torch
 
-from hg_lmm.utils.checkpoint import CheckpointError, _deepspeed_model_file, read_state_dict
+from hg_lmm.utils.checkpoint import CheckpointError, deepspeed_model_file, read_state_dict
 
 
 def _master_weights(folder: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`state` with every floating tensor replaced by DeepSpeed's float32 rebuild (ZeRO 1-3)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    tag_dir = _deepspeed_model_file(folder).parent
+    tag_dir = deepspeed_model_file(folder).parent
     try:
         fp32 = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
     except Exception as err:

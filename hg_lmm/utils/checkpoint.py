@@ -135,7 +135,7 @@ def _torch_load(path: Path, unsafe: bool) -> object:
         ) from err
 
 
-def _deepspeed_model_file(folder: Path) -> Path:
+def deepspeed_model_file(folder: Path) -> Path:
     """The model-states file inside a DeepSpeed checkpoint folder (or its `latest` tag)."""
     candidates = sorted(folder.glob("mp_rank_*_model_states.pt"))
     if not candidates and (folder / "latest").is_file():
@@ -159,7 +159,7 @@ def read_state_dict(path: str | os.PathLike, *, unsafe: bool = False) -> dict[st
             f"checkpoint {path} does not exist; see checkpoints/README.md for where files go"
         )
     if path.is_dir():
-        obj = _torch_load(_deepspeed_model_file(path), unsafe)
+        obj = _torch_load(deepspeed_model_file(path), unsafe)
         obj = obj.get("module", obj) if isinstance(obj, Mapping) else obj
     elif path.suffix == ".safetensors":
         from safetensors.torch import load_file
