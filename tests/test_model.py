@@ -7,24 +7,11 @@ import torch
 
 from hg_lmm.heads.hg import HGHead
 from hg_lmm.lmm.llava import TRAIN_PROMPT, LlavaAdapter
+from hg_lmm.lmm.processors import letterbox_meta
 from hg_lmm.model import GroundingModel
 from hg_lmm.utils.checkpoint import load_state, save_checkpoint
 
 VISION_LAYERS = (0, 1, 2, 3, 0, 1, 2, 3)
-
-
-def _meta(h, w, s):
-    top, left = (s - h) // 2, (s - w) // 2
-    return {
-        "padding": {
-            "before_height": top,
-            "after_height": s - h - top,
-            "before_width": left,
-            "after_width": s - w - left,
-        },
-        "image_shape": {"height": h, "width": w},
-        "padded_shape": {"height": s, "width": s},
-    }
 
 
 def _sample(tok, size, gen, n_phrases=2, hw=(30, 40)):
@@ -42,7 +29,7 @@ def _sample(tok, size, gen, n_phrases=2, hw=(30, 40)):
         "input_ids": torch.tensor(ids),
         "mask_ids": torch.tensor(mids),
         "pixel_values": torch.randn(3, size, size, generator=gen),
-        "meta": _meta(h, size, size),
+        "meta": letterbox_meta(h, size, size),
         "masks": masks,
         "image_hw": hw,
     }

@@ -46,20 +46,12 @@ def to_rgb(image: ImageLike) -> Image.Image:
     raise TypeError(f"expected a PIL image or an [H, W, 3] uint8 array, got {type(image).__name__}")
 
 
-def pad_to_square(
-    image: Image.Image, background: Sequence[int]
-) -> tuple[Image.Image, dict[str, Any]]:
-    """Centre `image` on a square of side max(h, w) filled with `background`.
-
-    The short side gets `pad // 2` pixels before and the rest after. Returns the square image and
-    the meta record (module docstring).
-    """
-    width, height = image.size
-    side = max(width, height)
+def letterbox_meta(height: int, width: int, side: int | None = None) -> dict[str, Any]:
+    """The meta record of an (height, width) image centred on a square of `side` (default: the
+    long side): the short side gets `pad // 2` pixels before and the rest after."""
+    side = max(height, width) if side is None else side
     top, left = (side - height) // 2, (side - width) // 2
-    canvas = Image.new("RGB", (side, side), tuple(int(c) for c in background))
-    canvas.paste(image, (left, top))
-    meta = {
+    return {
         "padding": {
             "before_height": top,
             "after_height": side - height - top,
@@ -69,6 +61,21 @@ def pad_to_square(
         "image_shape": {"height": height, "width": width},
         "padded_shape": {"height": side, "width": side},
     }
+
+
+def pad_to_square(
+    image: Image.Image, background: Sequence[int]
+) -> tuple[Image.Image, dict[str, Any]]:
+    """Centre `image` on a square of side max(h, w) filled with `background`.
+
+    The short side gets `pad // 2` pixels before and the rest after. Returns the square image and
+    the meta record (module docstring).
+    """
+    width, height = image.size
+    meta = letterbox_meta(height, width)
+    side, pad = meta["padded_shape"]["height"], meta["padding"]
+    canvas = Image.new("RGB", (side, side), tuple(int(c) for c in background))
+    canvas.paste(image, (pad["before_width"], pad["before_height"]))
     return canvas, meta
 
 

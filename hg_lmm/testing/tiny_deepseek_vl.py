@@ -177,20 +177,10 @@ def _default_cache_dir(style: str) -> Path:
 
 def _ensure_tiny_deepseek_vl(cache_dir: str | Path | None, style: str) -> Path:
     """Create the tiny DeepSeek-VL of `style` in `cache_dir` unless it is there; returns it."""
-    cache_dir = _default_cache_dir(style) if cache_dir is None else Path(cache_dir)
-    if not (cache_dir / "config.json").is_file():
-        # Build next to the target and rename, so concurrent processes never see half a model.
-        import shutil
-        import tempfile
+    from hg_lmm.testing.tiny_models import build_once
 
-        cache_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cache_dir.parent, prefix=".building-"))
-        tiny_deepseek_vl(tmp, style)
-        try:
-            tmp.rename(cache_dir)
-        except OSError:  # another process finished first; its copy is identical
-            shutil.rmtree(tmp, ignore_errors=True)
-    return cache_dir
+    cache_dir = _default_cache_dir(style) if cache_dir is None else Path(cache_dir)
+    return build_once(cache_dir, lambda folder: tiny_deepseek_vl(folder, style))
 
 
 def tiny_deepseek_vl_tokenizer(*, cache_dir: str | Path | None = None, style: str = "1.3b"):

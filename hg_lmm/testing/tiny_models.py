@@ -7,6 +7,7 @@ real checkpoints take.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -156,22 +157,30 @@ def tiny_llava(save_dir: str | Path, *, seed: int = 0, **config_kwargs):
 TINY_LLAVA_VISION_LAYERS = (0, 1, 2, 3, 0, 1, 2, 3)  # the tiny CLIP has 4 blocks; the head takes 8
 
 
-def _ensure_tiny_llava(cache_dir: str | Path) -> Path:
-    """Create the tiny LLaVA in `cache_dir` unless it is already there; returns the folder."""
+def build_once(cache_dir: str | Path, build: Callable[[Path], object]) -> Path:
+    """Run `build(folder)` to fill `cache_dir` unless it already holds a model; returns it.
+
+    The model is built next to the target and renamed into place, so concurrent processes (e.g.
+    two evaluation ranks) never see half a model.
+    """
     cache_dir = Path(cache_dir)
     if not (cache_dir / "config.json").is_file():
-        # Build next to the target and rename, so concurrent processes never see half a model.
         import shutil
         import tempfile
 
         cache_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cache_dir.parent, prefix=".building-"))
-        tiny_llava(tmp)
+        build(tmp)
         try:
             tmp.rename(cache_dir)
         except OSError:  # another process finished first; its copy is identical
             shutil.rmtree(tmp, ignore_errors=True)
     return cache_dir
+
+
+def _ensure_tiny_llava(cache_dir: str | Path) -> Path:
+    """Create the tiny LLaVA in `cache_dir` unless it is already there; returns the folder."""
+    return build_once(cache_dir, tiny_llava)
 
 
 def tiny_llava_tokenizer(*, cache_dir: str | Path = "work_dirs/tiny_lmms/llava"):

@@ -11,6 +11,7 @@ import torch
 from hg_lmm.heads.hg import HGHead, hg_geometry
 from hg_lmm.heads.pooling import phrase_pooling
 from hg_lmm.lmm.base import LMMDims, LMMFeatures
+from hg_lmm.lmm.processors import letterbox_meta
 from hg_lmm.testing.golden import golden_state_dict, hash_uniform
 from hg_lmm.utils.masks import unpad_to_image
 
@@ -200,17 +201,7 @@ def _random_features(dims: LMMDims, mask_ids: list[int], meta: dict) -> LMMFeatu
 
 
 def _letterbox_meta(size: int, height: int, width: int) -> dict:
-    top, left = (size - height) // 2, (size - width) // 2
-    return {
-        "padding": {
-            "before_height": top,
-            "after_height": size - height - top,
-            "before_width": left,
-            "after_width": size - width - left,
-        },
-        "image_shape": {"height": height, "width": width},
-        "padded_shape": {"height": size, "width": size},
-    }
+    return letterbox_meta(height, width, size)
 
 
 def _train_step(dims: LMMDims, mask_ids: list[int], image_hw: tuple[int, int]) -> HGHead:
