@@ -99,7 +99,7 @@ class GroundingModel(BaseModel):
 
     def head_logits(self, features: LMMFeatures, sample: Mapping[str, Any]) -> dict[str, Any]:
         """Run the head on one sample's features: named [n, h, w] logit maps."""
-        if getattr(self.head, "needs_image", False) or hasattr(self.head, "sam"):
+        if getattr(self.head, "needs_image", False):  # e.g. SAM refines on the original image
             return _logit_maps(self.head(features, sample["image"]))
         return _logit_maps(self.head(features))
 

@@ -107,3 +107,84 @@ def test_mismatched_gt_count_is_named(model, batch):
     batch[0]["masks"] = batch[0]["masks"][:1]
     with pytest.raises(ValueError, match="1 ground-truth masks but 2 phrases"):
         model(batch, mode="loss")
+
+
+@pytest.mark.parametrize("variant", ["deepseek_vl_1_3b", "deepseek_vl_7b"])
+def test_released_hg_state_dict_loads_into_the_model(fixtures_dir, variant, caplog):
+    """A state dict named and shaped like a released HG checkpoint (no `head.` prefix, the 7B's
+    unused `cliplayer.*` included) loads with zero missing and zero unexpected head keys."""
+    import json
+    import logging
+
+    from hg_lmm.lmm.base import LMMDims
+    from hg_lmm.testing.golden import golden_state_dict
+
+    with open(f"{fixtures_dir}/hg_head/{variant}.json") as f:
+        fx = json.load(f)
+    dims = LMMDims(
+        num_layers=fx["num_layers"], num_heads=fx["num_heads"], hidden_size=fx["hidden_size"],
+        grid=fx["grid"], vision_channels=fx["vision_channels"],
+        vision_layers=(3, 6, 9, 12, 15, 18, 20, 23), image_size=fx["image_size"],
+    )  # fmt: skip
+    container = torch.nn.Module()  # the model's naming: the head sits at `head.`
+    container.head = HGHead(dims=dims)
+    with caplog.at_level(logging.INFO):
+        report = load_state(container, golden_state_dict(fx["state_dict_shapes"]))
+    assert not report.missing and not report.unexpected
+    assert len(report.loaded) == len(container.state_dict())
+    has_clip = any(k.startswith("cliplayer.") for k in fx["state_dict_shapes"])
+    assert bool(report.ignored) == has_clip == (variant == "deepseek_vl_7b")
+    if has_clip:
+        assert "ignored" in caplog.text and "cliplayer" in caplog.text
+
+
+def test_unet_sam_model_step_keeps_lmm_and_sam_encoder(tiny_llava, batch):
+    """Family B: one step trains the U-Net, text path, SAM prompt encoder and decoder only."""
+    from PIL import Image
+
+    from hg_lmm.heads.unet_sam import SAMRefiner, UNetMaskHead, UNetSAMHead
+    from hg_lmm.testing.tiny_sam import tiny_sam
+
+    lmm, tok, _ = tiny_llava
+    model = GroundingModel(
+        lmm=LlavaAdapter(lmm=lmm, tokenizer=tok, processor=None, vision_layers=VISION_LAYERS),
+        head=dict(
+            type=UNetSAMHead,
+            sam=dict(type=SAMRefiner, model=tiny_sam()),
+            mask_head=dict(type=UNetMaskHead, base_channels=8),
+        ),
+    )
+    for s in batch:  # the SAM refiner works on the original image
+        h, w = s["image_hw"]
+        s["image"] = Image.new("RGB", (w, h), (90, 120, 200))
+    frozen = {k: v.clone() for k, v in model.lmm.state_dict().items()}
+    frozen.update(
+        {f"enc.{k}": v.clone() for k, v in model.head.sam.model.image_encoder.state_dict().items()}
+    )
+    trainable = {n: p.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.train()
+    losses = model(batch, mode="loss")
+    assert {"loss_mask", "loss_dice", "sam_loss_mask", "sam_loss_dice"} <= set(losses)
+    total = sum(v for k, v in losses.items() if "loss" in k)
+    assert torch.isfinite(total)
+    total.backward()
+    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3).step()
+    after = dict(model.lmm.state_dict())
+    after.update(
+        {f"enc.{k}": v for k, v in model.head.sam.model.image_encoder.state_dict().items()}
+    )
+    assert all(torch.equal(v, after[k]) for k, v in frozen.items())
+    changed = {
+        n
+        for n, p in model.named_parameters()
+        if n in trainable and not torch.equal(p, trainable[n])
+    }
+    for part in (
+        "head.mask_head.",
+        "head.text_proj.",
+        "head.sam.model.prompt_encoder.mask_downscaling",
+        "head.sam.model.mask_decoder.transformer",
+    ):
+        assert any(n.startswith(part) for n in changed), part
+    keys = model.state_dict().keys()
+    assert not any(k.startswith(("lmm.", "head.sam.model.image_encoder.")) for k in keys)

@@ -34,8 +34,6 @@ from hg_lmm.evaluation.rle import write_json_atomic
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATA_ROOT = "data/"
-# The released 7B HG head carries an unused `cliplayer`; its tensors are dropped (and logged).
-IGNORED_CHECKPOINT_PREFIXES = ("cliplayer.",)
 
 
 def eval_arg_parser(description: str | None, *, with_model: bool = True) -> argparse.ArgumentParser:
@@ -122,7 +120,6 @@ def load_model(
             report = load_state(
                 model,
                 checkpoint,
-                ignored_prefixes=IGNORED_CHECKPOINT_PREFIXES,
                 strict=True,
                 unsafe=unsafe,
             )
@@ -338,7 +335,6 @@ def flatten(results: Sequence[Sequence[Any]]) -> list[Any]:
 
 __all__ = [
     "DEFAULT_DATA_ROOT",
-    "IGNORED_CHECKPOINT_PREFIXES",
     "EvalRunner",
     "default_work_dir",
     "eval_arg_parser",

@@ -210,7 +210,7 @@ def load_state(
     source: str | os.PathLike | Mapping[str, torch.Tensor],
     *,
     head_prefix: str = "head.",
-    ignored_prefixes: Iterable[str] = (),
+    ignored_prefixes: Iterable[str] | None = None,
     strict: bool = True,
     unsafe: bool = False,
     assign: bool = False,
@@ -218,8 +218,9 @@ def load_state(
     """Load a checkpoint's trainable state into `model` and report what matched.
 
     Released head checkpoints name tensors as the head does (`lifg.conv1.weight`); ours carry the
-    model's `head.` prefix. Keys under `ignored_prefixes` (e.g. the reference 7B's unused
-    `cliplayer.`) are dropped with a log line. Only the trainable state is loaded: a key of a
+    model's `head.` prefix. Keys under `ignored_prefixes` (by default the head's
+    `IGNORED_CHECKPOINT_PREFIXES`, e.g. the reference 7B's unused `cliplayer.`) are dropped with a
+    log line. Only the trainable state is loaded: a key of a
     frozen part (the LMM, SAM's image encoder) counts as unexpected. With `strict`, any missing
     trainable key or unexpected key raises `CheckpointError` carrying the report. `assign` is
     passed to `load_state_dict` (for a model built on the meta device).
@@ -228,6 +229,9 @@ def load_state(
     expected = trainable_state_names(model)
     own = model.state_dict()
     report = LoadReport()
+    if ignored_prefixes is None:
+        head = getattr(model, head_prefix.rstrip("."), model) if head_prefix else model
+        ignored_prefixes = getattr(head, "IGNORED_CHECKPOINT_PREFIXES", ())
     ignored = tuple(ignored_prefixes)
     to_load: dict[str, torch.Tensor] = {}
     for key, value in state.items():

@@ -58,8 +58,8 @@ class UNetSAMHead(nn.Module):
     Checkpoints (hg_lmm.utils.checkpoint) hold everything but the frozen SAM image encoder.
     """
 
-    # Weights that are frozen, loaded from SAM's own checkpoint and never saved with the head.
-    FROZEN_PREFIXES: ClassVar[tuple[str, ...]] = ("sam.model.image_encoder.",)
+    # The model passes the original image to forward (SAM refines on it).
+    needs_image: ClassVar[bool] = True
 
     def __init__(
         self,
