@@ -268,7 +268,11 @@ def test_builds_with_tiny_lmm(leaf, tiny_dir, toy_root):
     assert all(torch.equal(v, frozen[k]) for k, v in model.lmm.state_dict().items())
 
     # The released data pipeline on the toy set: one sample from each of the four data sets.
-    dataset = build(cfg.train_dataloader.dataset)
+    from hg_lmm.datasets.skip import SkipBadSamples
+
+    wrapped = build(cfg.train_dataloader.dataset)
+    assert isinstance(wrapped, SkipBadSamples)  # corrupt samples are skipped and counted
+    dataset = wrapped.dataset
     assert len(dataset.datasets) == 4
     starts = [0, *dataset.cumulative_sizes[:-1]]
     samples = [dataset[i] for i in starts]

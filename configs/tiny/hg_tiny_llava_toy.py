@@ -55,7 +55,7 @@ refcoco_train = dict(
 train_dataloader = dict(
     batch_size=batch_size,
     num_workers=0,
-    dataset=dict(type=concat_datasets, datasets=[refcoco_train, png_train]),
+    dataset=dict(type=concat_datasets, datasets=[refcoco_train, png_train], skip_bad_samples=True),
     sampler=dict(type=DefaultSampler, shuffle=True),
     collate_fn=dict(type=list_collate),
 )

@@ -183,7 +183,8 @@ def test_skip_wrapper_logs_and_counts(fresh_toy, caplog):
     with open(path, "wb") as f:
         f.write(b"not a jpeg")
     ds = png_dataset(fresh_toy)
-    wrapped = SkipBadSamples(ds)
+    wrapped = concat_datasets([ds], skip_bad_samples=True)  # what the training configs build
+    assert isinstance(wrapped, SkipBadSamples)
     with caplog.at_level(logging.WARNING, logger="hg_lmm.datasets.skip"):
         samples = [wrapped[i] for i in range(len(wrapped))]
     assert wrapped.num_skipped == 1 and list(wrapped.skipped) == [0]

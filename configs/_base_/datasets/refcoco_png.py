@@ -53,7 +53,8 @@ train_dataloader = dict(
     batch_size=batch_size,
     num_workers=dataloader_num_workers,
     # Untokenised here; the leaf replaces `datasets` with tokenising copies (see above).
-    dataset=dict(type=concat_datasets, datasets=train_datasets),
+    # A corrupt sample mid-run is skipped with a warning and a count (hg_lmm.datasets.skip).
+    dataset=dict(type=concat_datasets, datasets=train_datasets, skip_bad_samples=True),
     sampler=dict(type=DefaultSampler, shuffle=True),
     collate_fn=dict(type=list_collate),
 )
