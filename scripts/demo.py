@@ -159,7 +159,11 @@ def main() -> None:
     t0 = time.time()
     _run(cmd, "train")
     train_seconds = time.time() - t0
-    trained_ckpt = Path((train_dir / "last_checkpoint").read_text().strip())
+    # `xtuner train` exits 0 even when training fails, so the checkpoint is the proof of success.
+    last = train_dir / "last_checkpoint"
+    if not last.is_file():
+        raise SystemExit(f"[demo] training wrote no checkpoint under {train_dir}; see its log above")
+    trained_ckpt = Path(last.read_text().strip())
     after = evaluate(args, trained_ckpt, "trained")
 
     grid = work_dir / "predictions.png"
