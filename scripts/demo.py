@@ -162,7 +162,9 @@ def main() -> None:
     # `xtuner train` exits 0 even when training fails, so the checkpoint is the proof of success.
     last = train_dir / "last_checkpoint"
     if not last.is_file():
-        raise SystemExit(f"[demo] training wrote no checkpoint under {train_dir}; see its log above")
+        raise SystemExit(
+            f"[demo] training wrote no checkpoint under {train_dir}; see its log above"
+        )
     trained_ckpt = Path(last.read_text().strip())
     after = evaluate(args, trained_ckpt, "trained")
 
