@@ -9,6 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -52,3 +54,19 @@ def deepseek_tokenizer(tmp_path_factory):
     from hg_lmm.testing.tiny_models import tiny_tokenizer
 
     return tiny_tokenizer("deepseek_vl", tmp_path_factory.mktemp("tiny_ds_tok"))
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory) -> str:
+    """The small toy data set (`ToyConfig.small()`), generated once per session."""
+    from hg_lmm.datasets.toy import ToyConfig, make_toy_data
+
+    root = str(tmp_path_factory.mktemp("toy"))
+    make_toy_data(root, ToyConfig.small())
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A folder for cached tiny LMMs (`hg_lmm.testing` builds them there on first use)."""
+    return tmp_path_factory.mktemp("tiny_lmms")

@@ -141,20 +141,6 @@ def test_flexible_runner_builds_from_the_deepspeed_config(leaf, tmp_path, monkey
 # --- the bf16 cast of DeepSpeed's engine ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory) -> Path:
-    from hg_lmm.datasets.toy import ToyConfig, make_toy_data
-
-    root = tmp_path_factory.mktemp("toy")
-    make_toy_data(str(root), ToyConfig.small())
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("tiny_lmms")
-
-
 def _bf16_step(leaf: Leaf, tiny_dir: Path, toy_root: Path) -> None:
     from hg_lmm.utils.build import build
     from tests.test_released_configs import load_leaf

@@ -153,20 +153,6 @@ def tiny_overrides(cfg, leaf: Leaf, tiny_dir: Path, toy_root: Path):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory) -> Path:
-    from hg_lmm.datasets.toy import ToyConfig, make_toy_data
-
-    root = tmp_path_factory.mktemp("toy")
-    make_toy_data(str(root), ToyConfig.small())
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("tiny_lmms")
-
-
 # --- the configs as shipped ----------------------------------------------------------------------
 
 

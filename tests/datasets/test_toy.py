@@ -20,13 +20,6 @@ from hg_lmm.datasets.toy import ToyConfig, make_toy_data, toy_paths
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(scope="session")
-def toy_root(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("toy_gen"))
-    make_toy_data(root, ToyConfig.small())
-    return root
-
-
 def _digest(root: str) -> dict[str, str]:
     out = {}
     for dirpath, _, files in os.walk(root):

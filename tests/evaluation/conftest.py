@@ -36,15 +36,6 @@ for script, argv in json.loads(sys.argv[1]):
 
 
 @pytest.fixture(scope="session")
-def toy_root(tmp_path_factory) -> str:
-    from hg_lmm.datasets.toy import ToyConfig, make_toy_data
-
-    root = str(tmp_path_factory.mktemp("toy_eval"))
-    make_toy_data(root, ToyConfig.small())
-    return root
-
-
-@pytest.fixture(scope="session")
 def golden_checkpoint(tmp_path_factory) -> str:
     """The tiny config's model with the RNG-free golden weights in its head (varied masks)."""
     from mmengine.config import Config
