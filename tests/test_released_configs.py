@@ -12,7 +12,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -96,15 +95,12 @@ def expected_prompt(leaf: Leaf) -> str:
         from hg_lmm.lmm.llava import TRAIN_PROMPT
 
         return TRAIN_PROMPT
-    from hg_lmm.lmm.deepseek_vl.adapter import DeepseekVLAdapter
+    from hg_lmm.lmm.deepseek_vl.adapter import deepseek_vl_train_prompt
     from hg_lmm.lmm.deepseek_vl.configuration import MultiModalityConfig
 
     name = {"1.3b": "deepseek-vl-1.3b-chat", "7b": "deepseek-vl-7b-chat"}[leaf.lmm]
     release = MultiModalityConfig(**json.loads((FIXTURES / f"{name}.config.json").read_text()))
-    # train_prompt is a property of a loaded adapter; evaluate it on the release's dims instead.
-    fake = SimpleNamespace(dims=SimpleNamespace(num_image_tokens=release.num_image_tokens))
-    fake.image_tokens = DeepseekVLAdapter.image_tokens.fget(fake)
-    return DeepseekVLAdapter.train_prompt.fget(fake)
+    return deepseek_vl_train_prompt(release.num_image_tokens)
 
 
 def _rebase(obj: Any, old: str, new: str) -> Any:

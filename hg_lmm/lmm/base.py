@@ -67,3 +67,36 @@ class LMMFeatures:
     meta: dict[str, Any]
     token_ids: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_features(
+    features: LMMFeatures,
+    dims: LMMDims,
+    *,
+    owner: str,
+    fields: tuple[str, ...] = ("attn", "hidden", "vision", "pixel_values"),
+    num_vision_layers: int | None = None,
+) -> None:
+    """Raise a ValueError naming the field when `features` do not have the shapes of `dims`.
+
+    owner: who consumes them (named in the message, e.g. "the HG head").
+    fields: which fields that consumer reads.
+    num_vision_layers: V for `vision` [V, N, C] (None: any V).
+    """
+    d, f = dims, features
+    t = f.mask_ids.shape[0] if f.mask_ids.dim() == 1 else -1
+    v = num_vision_layers if num_vision_layers is not None else f.vision.shape[0]
+    expected = {
+        "attn": (d.num_layers, d.num_heads, t, d.grid, d.grid),
+        "hidden": (d.num_layers, t, d.hidden_size),
+        "vision": (v, d.num_image_tokens, d.vision_channels),
+        "pixel_values": (3, d.image_size, d.image_size),
+    }
+    for name in fields:
+        shape = tuple(getattr(f, name).shape)
+        if shape != expected[name]:
+            raise ValueError(
+                f"LMMFeatures.{name} has shape {shape}, but {owner} built for {d} expects "
+                f"{expected[name]} (T = len(mask_ids)); check the adapter's output or build "
+                "the head from that adapter's dims"
+            )

@@ -95,14 +95,13 @@ def tiny_deepseek_vl_config(
         }
         aligner = {"projector_type": "low_high_hybrid_split_mlp_gelu", "input_dim": vision_width}
     aligner.update(depth=2, n_embed=hidden_size)
-    language = dict(
+    from hg_lmm.testing.tiny_models import tiny_llama_kwargs
+
+    language = tiny_llama_kwargs(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=text_layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=512,
+        text_layers=text_layers,
+        heads=heads,
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,
         **{f"{k}_token_id": v for k, v in (token_ids or {}).items()},

@@ -88,6 +88,22 @@ def tiny_tokenizer(kind: str, save_dir: str | Path, vocab_size: int = 400):
     return AutoTokenizer.from_pretrained(save_dir)
 
 
+def tiny_llama_kwargs(
+    *, vocab_size: int, hidden_size: int, text_layers: int, heads: int, **extra: object
+) -> dict[str, object]:
+    """LlamaConfig arguments of the tiny decoders (both LMM families use a Llama)."""
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=text_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=512,
+        **extra,
+    )
+
+
 def tiny_llava_config(
     tokenizer,
     *,
@@ -114,16 +130,15 @@ def tiny_llava_config(
         projection_dim=hidden_size,
     )
     text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=text_layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        **tiny_llama_kwargs(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            text_layers=text_layers,
+            heads=heads,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     )
     return LlavaConfig(
         vision_config=vision,

@@ -27,6 +27,7 @@ from hg_lmm.testing.tiny_deepseek_vl import (
     tiny_deepseek_vl,
     tiny_deepseek_vl_config,
 )
+from tests.lmm._helpers import block_outputs
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "deepseek_vl")
 RELEASES = {
@@ -169,21 +170,6 @@ def test_tiny_save_and_reload_is_strict_and_identical(style, tmp_path):
     assert b.attentions[0] is not None  # eager attention returns probabilities
 
 
-def _block_outputs(blocks, run) -> dict[int, torch.Tensor]:
-    """Outputs of every block in `blocks` during `run()`, captured with forward hooks."""
-    seen: dict[int, torch.Tensor] = {}
-    hooks = [
-        blk.register_forward_hook(lambda _m, _i, out, i=i: seen.__setitem__(i, out))
-        for i, blk in enumerate(blocks)
-    ]
-    try:
-        run()
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
-
-
 @pytest.mark.parametrize("layers", [None, (0, 1), (3, 0, 2)])
 def test_tiny_single_tower_multilayer_features(layers):
     kwargs = {} if layers is None else {"feature_layers": layers}
@@ -192,7 +178,7 @@ def test_tiny_single_tower_multilayer_features(layers):
     x = _images(model)
     tower = model.vision_model.vision_tower
     with torch.no_grad():
-        blocks = _block_outputs(tower.blocks, lambda: model.vision_model(x))
+        blocks = block_outputs(tower.blocks, lambda: model.vision_model(x))
         expected = torch.stack([model.aligner(blocks[i]) for i in picked], dim=1)
         feats = model.multilayer_vision_features(x)
         embeds, feats2 = model.encode_images_with_features(x)
@@ -229,8 +215,8 @@ def test_tiny_hybrid_multilayer_features(layers):
     x_high = (x - clip_mean) / clip_std
     x_low = (Resize(low_tower.image_size, antialias=True)(x) - 0.5) / 0.5
     with torch.no_grad():
-        hi = _block_outputs(sam.blocks, lambda: sam(x_high))
-        lo = _block_outputs(vit.blocks, lambda: vit.forward_features(x_low))
+        hi = block_outputs(sam.blocks, lambda: sam(x_high))
+        lo = block_outputs(vit.blocks, lambda: vit.forward_features(x_low))
         high = torch.stack([_sam_project(sam, hi[i], sam.neck) for i in high_layers], dim=1)
         low = torch.stack([lo[i] for i in low_layers], dim=1)
         expected = model.aligner((high, low))

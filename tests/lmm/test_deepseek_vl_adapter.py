@@ -27,6 +27,7 @@ from hg_lmm.testing.tiny_deepseek_vl import (
     tiny_deepseek_vl_tokenizer,
     tiny_image_processor,
 )
+from tests.lmm._helpers import block_outputs, check_answer_is_teacher_forced
 
 QUESTION = "What is in the image?"
 
@@ -66,21 +67,6 @@ def _sample(adapter: DeepseekVLAdapter) -> dict:
     }
 
 
-def _block_outputs(blocks, run) -> dict[int, torch.Tensor]:
-    """Outputs of every block in `blocks` during `run()`, captured with forward hooks."""
-    seen: dict[int, torch.Tensor] = {}
-    hooks = [
-        blk.register_forward_hook(lambda _m, _i, out, i=i: seen.__setitem__(i, out))
-        for i, blk in enumerate(blocks)
-    ]
-    try:
-        run()
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
-
-
 def _hand_vision_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """[3, S, S] -> [V, N, C]: the selected blocks, captured during a plain vision forward, each
     through the aligner (7B: SAM block -> neck -> bilinear resize -> downsamples, paired with the
@@ -89,12 +75,12 @@ def _hand_vision_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     x = pixel_values[None]
     vm = model.vision_model
     if high_layers is None:
-        lo = _block_outputs(vm.vision_tower.blocks, lambda: vm(x))
+        lo = block_outputs(vm.vision_tower.blocks, lambda: vm(x))
         return torch.cat([model.aligner(lo[i]) for i in low_layers])
     sam = vm.vision_tower_high.vision_tower
     vit = vm.vision_tower_low.vision_tower
-    lo = _block_outputs(vit.blocks, lambda: vm(x))
-    hi = _block_outputs(sam.blocks, lambda: vm(x))
+    lo = block_outputs(vit.blocks, lambda: vm(x))
+    hi = block_outputs(sam.blocks, lambda: vm(x))
     size = sam.settings.downsample_input_size
 
     def project(tokens: torch.Tensor) -> torch.Tensor:
@@ -195,34 +181,7 @@ def test_lmm_stays_frozen(built):
 
 
 def test_answer_features_equal_teacher_forced(built):
-    _, _, adapter = built
-    tok = adapter.tokenizer
-    ans = adapter.answer(_image(1), QUESTION, max_new_tokens=6)
-    assert 0 < len(ans.token_ids) <= 6
-    assert ans.text == tok.decode(ans.token_ids, skip_special_tokens=True)
-    assert torch.equal(ans.features.mask_ids, torch.full_like(ans.token_ids, -1))
-    prompt = torch.tensor(tok(adapter.chat_prompt(QUESTION)).input_ids)
-    ids = torch.cat([prompt, ans.token_ids])
-    forced = adapter.extract(
-        {
-            "input_ids": ids,
-            "mask_ids": torch.cat([torch.full_like(prompt, -1), torch.zeros_like(ans.token_ids)]),
-            "pixel_values": ans.features.pixel_values,
-            "meta": ans.features.meta,
-            "caption_start": len(prompt),
-        }
-    )
-    assert torch.allclose(forced.attn, ans.features.attn, atol=1e-6)
-    assert torch.allclose(forced.hidden, ans.features.hidden, atol=1e-6)
-    assert torch.equal(forced.vision, ans.features.vision)
-    # Greedy: the teacher-forced argmax reproduces the generated tokens, so `generate` with
-    # inputs_embeds returned only new tokens, aligned with the prompt's end.
-    with torch.no_grad():
-        image_embeds, _ = adapter.encode_image(ans.features.pixel_values[None])
-        inputs = adapter.embed_inputs(ids, image_embeds)
-        logits = adapter.language_model(inputs_embeds=inputs.embeds).logits[0]
-    pred = logits[inputs.token_positions[len(prompt) - 1 : len(ids) - 1]].argmax(-1)
-    assert torch.equal(pred, ans.token_ids)
+    check_answer_is_teacher_forced(built[2], _image(1), QUESTION)
 
 
 def test_generation_stops_at_eos_and_drops_it(built, monkeypatch):

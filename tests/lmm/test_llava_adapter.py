@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hg_lmm.lmm.llava import TRAIN_PROMPT, LlavaAdapter
+from tests.lmm._helpers import check_answer_is_teacher_forced
 
 VISION_LAYERS = (0, 1, 2, 3, 0, 1, 2, 3)  # the tiny tower has 4 blocks; 8 picks are required
 
@@ -105,32 +106,10 @@ def test_lmm_stays_frozen(adapter):
     assert not any(p.requires_grad for p in adapter.lmm.parameters())
 
 
-def test_answer_features_equal_teacher_forced(adapter, tiny_llava):
+def test_answer_features_equal_teacher_forced(adapter):
     from PIL import Image
 
-    _, tok, _ = tiny_llava
-    ans = adapter.answer(Image.new("RGB", (8, 8)), "What is in the image?", max_new_tokens=6)
-    assert 0 < len(ans.token_ids) <= 6
-    prompt = torch.tensor(tok(adapter.chat_prompt("What is in the image?")).input_ids)
-    ids = torch.cat([prompt, ans.token_ids])
-    forced = adapter.extract(
-        {
-            "input_ids": ids,
-            "mask_ids": torch.cat([torch.full_like(prompt, -1), torch.zeros_like(ans.token_ids)]),
-            "pixel_values": ans.features.pixel_values,
-            "meta": ans.features.meta,
-            "caption_start": len(prompt),
-        }
-    )
-    assert torch.allclose(forced.attn, ans.features.attn, atol=1e-6)
-    assert torch.allclose(forced.hidden, ans.features.hidden, atol=1e-6)
-    # greedy decoding: the teacher-forced argmax reproduces the generated tokens
-    with torch.no_grad():
-        image_embeds, _ = adapter.encode_image(ans.features.pixel_values[None])
-        inputs = adapter.embed_inputs(ids, image_embeds)
-        logits = adapter.language_model(inputs_embeds=inputs.embeds).logits[0]
-    pred = logits[inputs.token_positions[len(prompt) - 1 : len(ids) - 1]].argmax(-1)
-    assert torch.equal(pred, ans.token_ids)
+    check_answer_is_teacher_forced(adapter, Image.new("RGB", (8, 8)), "What is in the image?")
 
 
 def test_bad_vision_layers(tiny_llava):

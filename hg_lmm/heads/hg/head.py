@@ -17,7 +17,7 @@ from hg_lmm.heads.hg.ldsi import LDSI
 from hg_lmm.heads.hg.lifg import LIFG
 from hg_lmm.heads.hg.sizes import NUM_STAGES, NUM_VISION_LAYERS, TEXT_DIM, hg_geometry
 from hg_lmm.heads.pooling import attention_prior, phrase_pooling
-from hg_lmm.lmm.base import LMMDims, LMMFeatures
+from hg_lmm.lmm.base import LMMDims, LMMFeatures, check_features
 from hg_lmm.utils.masks import unpad_to_image
 
 
@@ -82,24 +82,6 @@ class HGHead(nn.Module):
         hbar = (hidden.to(self._dtype()) * weights[:, None, None]).sum(dim=0)  # [T, D]
         return pooling.to(hbar.dtype) @ self.text_proj(hbar)
 
-    def _check(self, f: LMMFeatures) -> None:
-        d = self.dims
-        g, n_img = d.grid, d.num_image_tokens
-        t = f.mask_ids.shape[0] if f.mask_ids.dim() == 1 else -1
-        expected = {
-            "attn": (f.attn, (d.num_layers, d.num_heads, t, g, g)),
-            "hidden": (f.hidden, (d.num_layers, t, d.hidden_size)),
-            "vision": (f.vision, (NUM_VISION_LAYERS, n_img, d.vision_channels)),
-            "pixel_values": (f.pixel_values, (3, d.image_size, d.image_size)),
-        }
-        for name, (tensor, shape) in expected.items():
-            if tuple(tensor.shape) != shape:
-                raise ValueError(
-                    f"LMMFeatures.{name} has shape {tuple(tensor.shape)}, but the HG head built "
-                    f"for {d} expects {shape} (T = len(mask_ids)); check the adapter's output or "
-                    "build the head from that adapter's dims"
-                )
-
     def mask_logits(self, features: LMMFeatures) -> torch.Tensor:
         """Low-res logits over the padded square, one map per phrase.
 
@@ -107,7 +89,9 @@ class HGHead(nn.Module):
           pixel_values [3,S,S], mask_ids [T]).
         Returns [n, 1, s, s], s = self.geometry.output_size (S / 2**k); n = mask_ids.max() + 1.
         """
-        self._check(features)
+        check_features(
+            features, self.dims, owner="the HG head", num_vision_layers=NUM_VISION_LAYERS
+        )
         dtype = self._dtype()
         pooling = phrase_pooling(features.mask_ids, dtype=dtype)
         text = self.phrase_embeddings(features.hidden, features.mask_ids, pooling)

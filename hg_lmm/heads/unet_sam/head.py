@@ -19,7 +19,7 @@ from torch import nn
 from hg_lmm.heads.pooling import attention_prior, phrase_pooling
 from hg_lmm.heads.unet_sam.sam_refiner import ImageLike, SAMImage, SAMRefiner
 from hg_lmm.heads.unet_sam.unet import UNetMaskHead
-from hg_lmm.lmm.base import LMMDims, LMMFeatures
+from hg_lmm.lmm.base import LMMDims, LMMFeatures, check_features
 from hg_lmm.utils.build import build
 from hg_lmm.utils.masks import unpad_to_image
 
@@ -96,21 +96,6 @@ class UNetSAMHead(nn.Module):
     def _dtype(self) -> torch.dtype:
         return self.text_proj.weight.dtype
 
-    def _check(self, f: LMMFeatures) -> None:
-        d = self.dims
-        t = f.mask_ids.shape[0] if f.mask_ids.dim() == 1 else -1
-        expected = {
-            "attn": (f.attn, (d.num_layers, d.num_heads, t, d.grid, d.grid)),
-            "hidden": (f.hidden, (d.num_layers, t, d.hidden_size)),
-        }
-        for name, (tensor, shape) in expected.items():
-            if tuple(tensor.shape) != shape:
-                raise ValueError(
-                    f"LMMFeatures.{name} has shape {tuple(tensor.shape)}, but the U-Net+SAM head "
-                    f"built for {d} expects {shape} (T = len(mask_ids)); check the adapter's "
-                    "output or build the head from that adapter's dims"
-                )
-
     def phrase_token_embeddings(
         self, hidden: torch.Tensor, mask_ids: torch.Tensor
     ) -> list[torch.Tensor]:
@@ -136,7 +121,7 @@ class UNetSAMHead(nn.Module):
         Each phrase's attention maps are averaged over its tokens (layer-major, [n, L*H, g, g])
         and run through the U-Net.
         """
-        self._check(features)
+        check_features(features, self.dims, owner="the U-Net+SAM head", fields=("attn", "hidden"))
         pooling = phrase_pooling(features.mask_ids, dtype=torch.float32)
         prior = attention_prior(features.attn.float(), pooling)
         return self.mask_head(prior)

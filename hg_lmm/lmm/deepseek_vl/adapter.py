@@ -35,6 +35,11 @@ SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 
 
+def deepseek_vl_train_prompt(num_image_tokens: int) -> str:
+    """The training prompt: 'User: ', the image's expanded tags, then the description request."""
+    return f"User: {DEEPSEEK_VL_IMAGE_TAG * num_image_tokens}{TRAIN_INSTRUCTION}"
+
+
 class DeepseekVLAdapter(FrozenLMMAdapter):
     """Frozen DeepSeek-VL.
 
@@ -95,7 +100,7 @@ class DeepseekVLAdapter(FrozenLMMAdapter):
 
     @property
     def train_prompt(self) -> str:
-        return f"User: {self.image_tokens}{TRAIN_INSTRUCTION}"
+        return deepseek_vl_train_prompt(self.dims.num_image_tokens)
 
     def chat_prompt(self, question: str) -> str:
         """The official chat format (system prompt, one user turn), image tags expanded."""

@@ -174,26 +174,25 @@ def sam_settings(params: Mapping[str, Any]) -> SAMSettings:
     )
 
 
-class VisionConfig(PretrainedConfig):
+class _ClassAndParams(PretrainedConfig):
+    """A released sub-config: a class name (`cls`) and its keyword `params`."""
+
+    def __init__(self, cls: str = "", params: Mapping[str, Any] | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.cls = cls if isinstance(cls, str) else cls.__name__
+        self.params = dict(params or {})
+
+
+class VisionConfig(_ClassAndParams):
     """`vision_config`: the tower class name (`cls`) and its keyword `params`, as released."""
 
     model_type = "vision"
 
-    def __init__(self, cls: str = "", params: Mapping[str, Any] | None = None, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.cls = cls if isinstance(cls, str) else cls.__name__
-        self.params = dict(params or {})
 
-
-class AlignerConfig(PretrainedConfig):
+class AlignerConfig(_ClassAndParams):
     """`aligner_config`: the projector class name (`cls`) and its `params`, as released."""
 
     model_type = "aligner"
-
-    def __init__(self, cls: str = "", params: Mapping[str, Any] | None = None, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.cls = cls if isinstance(cls, str) else cls.__name__
-        self.params = dict(params or {})
 
 
 def _as_config(value: Any, config_cls: type[PretrainedConfig]) -> PretrainedConfig:
