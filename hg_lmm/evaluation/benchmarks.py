@@ -124,10 +124,18 @@ def _records(
     return out
 
 
-def png_records(model: Any, key: Any, sample: Any) -> list[MaskRecord]:
+def png_records(
+    model: Any, key: Any, sample: Any, *, vis: Callable | None = None
+) -> list[MaskRecord]:
     """Score one tokenized PNG narrative: one record per grounded utterance, tagged with
-    `isthing`, `plural` and `pixels` (the mask's pixel count, for pixel accuracy)."""
+    `isthing`, `plural` and `pixels` (the mask's pixel count, for pixel accuracy).
+
+    `vis`, when given, is called as `vis(image, pred, target, labels, title=...)` with the
+    sample's [n, H, W] masks (`EvalRunner.vis_writer`); likewise in the other scoring functions.
+    """
     (pred,) = _predict_masks(model, [sample])
+    if vis is not None:
+        vis(sample.image, pred, sample.masks, sample.phrases, title=sample.source)
     pixels = int(sample.masks.shape[-2] * sample.masks.shape[-1])
     meta = [
         {"isthing": bool(t), "plural": bool(p), "pixels": pixels}
@@ -137,7 +145,13 @@ def png_records(model: Any, key: Any, sample: Any) -> list[MaskRecord]:
 
 
 def refseg_records(
-    model: Any, key: Any, sample: Any, *, tokenize: Callable, concat: bool
+    model: Any,
+    key: Any,
+    sample: Any,
+    *,
+    tokenize: Callable,
+    concat: bool,
+    vis: Callable | None = None,
 ) -> list[MaskRecord]:
     """Score one RefCOCO image (an untokenized `GroundingSample`): one record per expression.
 
@@ -148,7 +162,15 @@ def refseg_records(
     """
     if concat:
         (pred,) = _predict_masks(model, [tokenize(sample)])
-        return _records(key, pred, sample.masks)
+    else:
+        pred = _predict_singles(model, sample, tokenize)
+    if vis is not None:
+        vis(sample.image, pred, sample.masks, sample.phrases, title=sample.source)
+    return _records(key, pred, sample.masks)
+
+
+def _predict_singles(model: Any, sample: Any, tokenize: Callable) -> torch.Tensor:
+    """[n, H, W] masks of a RefCOCO image, each expression in its own forward pass."""
     singles = []
     for k, phrase in enumerate(sample.phrases):
         piece = dataclasses.replace(_piece_of(sample, k), mask_id=0)
@@ -164,8 +186,7 @@ def refseg_records(
                 )
             )
         )
-    pred = torch.cat(_predict_masks(model, singles)) if singles else sample.masks[:0]
-    return _records(key, pred, sample.masks)
+    return torch.cat(_predict_masks(model, singles)) if singles else sample.masks[:0]
 
 
 def _piece_of(sample: Any, mask_id: int) -> Any:
@@ -181,7 +202,13 @@ def reasonseg_question(question: str) -> str:
 
 
 def reasonseg_record(
-    model: Any, key: Any, sample: Any, *, max_new_tokens: int, threshold: float
+    model: Any,
+    key: Any,
+    sample: Any,
+    *,
+    max_new_tokens: int,
+    threshold: float,
+    vis: Callable | None = None,
 ) -> MaskRecord:
     """Answer the first question of one ReasonSeg image, ground the whole answer, score it
     against the target with the ignore region left out."""
@@ -201,6 +228,9 @@ def reasonseg_record(
             f"{sample.image_path}: predicted mask {tuple(pred.shape)} vs target "
             f"{tuple(target.shape)}"
         )
+    if vis is not None:
+        answer = grounded.text or "(empty answer)"
+        vis(sample.image, pred[None], sample.target[None], [answer], title=sample.questions[0])
     intersection, union = mask_intersection_union(pred, target, ignore_index=IGNORE_INDEX)
     return MaskRecord(str(key), intersection, union, {"answer": grounded.text})
 

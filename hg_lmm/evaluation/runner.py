@@ -78,6 +78,26 @@ def eval_arg_parser(description: str | None, *, with_model: bool = True) -> argp
     return parser
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def add_save_vis_argument(parser: argparse.ArgumentParser) -> None:
+    """`--save-vis N`: the first N samples of each dataset as prediction-vs-ground-truth PNGs in
+    `<work-dir>/vis/<dataset>/<index>.png` (`EvalRunner.vis_writer`)."""
+    parser.add_argument(
+        "--save-vis",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="write the first N samples of each dataset as prediction-vs-ground-truth overlays "
+        "to <work-dir>/vis/<dataset>/",
+    )
+
+
 def default_work_dir(config: str | None, fallback: str = "eval") -> str:
     """work_dirs/<config file stem> (xtuner/mmengine's convention), or work_dirs/<fallback>."""
     stem = Path(config).stem if config else fallback
@@ -238,6 +258,26 @@ class EvalRunner:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
+    def vis_writer(self, dataset_name: str, index: int) -> Callable[..., Path] | None:
+        """The overlay writer of sample `index` when `--save-vis` asks for it, else None.
+
+        Call it as `writer(image, pred, target, labels, title=None)` with [n, H, W] bool masks;
+        it writes `<work-dir>/vis/<dataset>/<index>.png`. Whichever rank scores a sample draws
+        it, so the files are the same for any number of processes.
+        """
+        if index >= getattr(self.args, "save_vis", 0):
+            return None
+
+        def write(image: Any, pred: Any, target: Any, labels: Sequence[str], title=None) -> Path:
+            from hg_lmm.utils.overlay import compare_overlay
+
+            path = self.work_dir / "vis" / dataset_name / f"{index:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            compare_overlay(image, pred, target, labels, title=title).save(path)
+            return path
+
+        return write
+
     def shard(self, num_samples: int) -> list[int]:
         """This rank's dataset indices: rank, rank + world, ... (disjoint, covering all)."""
         return list(range(self.rank, num_samples, self.world_size))
@@ -282,6 +322,10 @@ class EvalRunner:
         for _, rank, _ in gathered:
             per_rank[rank] += 1
         results = [result for _, _, result in gathered]
+        if getattr(self.args, "save_vis", 0) and self.is_main:
+            folder = self.work_dir / "vis" / dataset_name
+            count = min(self.args.save_vis, num_samples)
+            logger.info("%s: overlays of the first %d samples in %s", dataset_name, count, folder)
         self.counts[dataset_name] = {
             "samples": num_samples,
             "records": sum(len(r) if isinstance(r, list) else 1 for r in results),
@@ -336,6 +380,7 @@ def flatten(results: Sequence[Sequence[Any]]) -> list[Any]:
 __all__ = [
     "DEFAULT_DATA_ROOT",
     "EvalRunner",
+    "add_save_vis_argument",
     "default_work_dir",
     "eval_arg_parser",
     "flatten",

@@ -186,26 +186,26 @@ def compare_overlay(
       title: an optional line above the panels (e.g. the sample id).
 
     Returns:
-      An RGB image two panels wide (each panel as `draw_overlay` enlarges it): headers
+      An RGB image of two panels (each as `draw_overlay` enlarges it) with a small gap: headers
       "prediction" | "ground truth", the panels, then the legend.
     """
     panels = [draw_overlay(image, m, labels, show_legend=False) for m in (pred, target)]
     width, height = panels[0].size
     size = _font_size(width)
     font = _font(size)
-    header = size * 2
-    strip = legend(labels, 2 * width, font_size=size)
+    header, gap = size * 2, size // 2
+    total = 2 * width + gap
+    strip = legend(labels, total, font_size=size)
     top = header if title is None else 2 * header
-    full = Image.new("RGB", (2 * width, top + height + strip.height), "white")
+    full = Image.new("RGB", (total, top + height + strip.height), "white")
     draw = ImageDraw.Draw(full)
     if title is not None:
-        title = _fit(draw, title, font, 2 * width - size)
+        title = _fit(draw, title, font, total - size)
         draw.text((size // 2, size // 2), title, fill=(0, 0, 0), font=font)
     for i, (name, panel) in enumerate(zip(("prediction", "ground truth"), panels)):
-        draw.text(
-            (i * width + size // 2, top - header + size // 2), name, fill=(0, 0, 0), font=font
-        )
-        full.paste(panel, (i * width, top))
+        left = i * (width + gap)
+        draw.text((left + size // 2, top - header + size // 2), name, fill=(0, 0, 0), font=font)
+        full.paste(panel, (left, top))
     full.paste(strip, (0, top + height))
     return full
 

@@ -125,7 +125,7 @@ def two_rank_runs(toy_root, golden_checkpoint, tmp_path_factory) -> Callable[[st
     runs = {
         "png": ("png", []),
         "refcoco": ("refcoco", ["--val"]),  # one forward per expression: slower, val splits
-        "refcoco_concat": ("refcoco", ["--concat"]),
+        "refcoco_concat": ("refcoco", ["--concat", "--save-vis", "2"]),
         "gcg_infer": ("gcg_infer", [*MAX_NEW_TOKENS, "--output-dir", str(root / "gcg_pred")]),
         "reasonseg": ("reasonseg", [*MAX_NEW_TOKENS, "--split", "val", "test"]),
     }
