@@ -74,8 +74,9 @@ def build_demo(chat: Any, *, max_pixels: int, files_dir: str) -> Any:
             raise gr.Error(str(error)) from error
         except Exception as error:
             logger.exception("request failed")
-            raise gr.Error(f"the model failed on this request ({type(error).__name__}); see "
-                           "the server log") from error  # fmt: skip
+            raise gr.Error(
+                f"the model failed on this request ({type(error).__name__}); see the server log"
+            ) from error
         _, record = save_turn(turn, image, files_dir, f"{kind}_{uuid.uuid4().hex[:12]}")
         segments = turn.segments()
         colors = {str(k + 1): hex_color(k) for k in range(len(turn.phrases))}
@@ -88,7 +89,11 @@ def build_demo(chat: Any, *, max_pixels: int, files_dir: str) -> Any:
     def segment(payload: Any, expression: str) -> tuple[Any, Any, Any]:
         return run("expression", payload, expression)
 
-    with gr.Blocks(title="HG-LMM grounded chat", analytics_enabled=False) as demo:
+    # Uploads and replies are temporary files: drop those older than an hour, every hour.
+    blocks = gr.Blocks(
+        title="HG-LMM grounded chat", analytics_enabled=False, delete_cache=(3600, 3600)
+    )
+    with blocks as demo:
         gr.Markdown(INTRO)
         for kind, tab, prompt, button, handler in (
             ("chat", "Grounded chat", "Question", "Ask", ask),
@@ -98,20 +103,26 @@ def build_demo(chat: Any, *, max_pixels: int, files_dir: str) -> Any:
                 with gr.Row():
                     with gr.Column():
                         image = gr.Image(
-                            label="Image", type="filepath", sources=["upload"],
+                            label="Image",
+                            type="filepath",
+                            sources=["upload"],
                             elem_id=f"{kind}-image",
-                        )  # fmt: skip
+                        )
                         text = gr.Textbox(label=prompt, lines=2, elem_id=f"{kind}-text")
                         go = gr.Button(button, variant="primary", elem_id=f"{kind}-submit")
                     with gr.Column():
                         answer = gr.HighlightedText(
                             label="Answer" if kind == "chat" else "Phrase",
-                            show_legend=False, elem_id=f"{kind}-answer",
-                        )  # fmt: skip
+                            show_legend=False,
+                            elem_id=f"{kind}-answer",
+                        )
                         overlay = gr.Image(
-                            label="Grounded phrases", type="pil", format="png",
-                            interactive=False, elem_id=f"{kind}-overlay",
-                        )  # fmt: skip
+                            label="Grounded phrases",
+                            type="pil",
+                            format="png",
+                            interactive=False,
+                            elem_id=f"{kind}-overlay",
+                        )
                         record = gr.File(label="Masks (JSON, COCO RLE)", elem_id=f"{kind}-json")
                 # Raw payloads: the upload is checked here, with a message, not decoded blindly.
                 for trigger in (go.click, text.submit):
@@ -132,21 +143,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
     chat = load_chat_from_args(args)
-    files_dir = tempfile.mkdtemp(prefix="hg_lmm_web_demo_")
-    demo = build_demo(chat, max_pixels=args.max_pixels, files_dir=files_dir)
-    # One request at a time (one model), a bounded waiting line.
-    demo.queue(default_concurrency_limit=1, max_size=32)
-    logger.info("model loaded; serving on http://%s:%d", args.host, args.port)
-    demo.launch(
-        server_name=args.host,
-        server_port=args.port,
-        share=False,
-        max_file_size=args.max_file_size,
-        allowed_paths=[files_dir],
-        ssr_mode=False,
-        footer_links=[],
-        show_error=True,
-    )
+    with tempfile.TemporaryDirectory(prefix="hg_lmm_web_demo_") as files_dir:
+        demo = build_demo(chat, max_pixels=args.max_pixels, files_dir=files_dir)
+        # One request at a time (one model), a bounded waiting line.
+        demo.queue(default_concurrency_limit=1, max_size=32)
+        logger.info("model loaded; serving on http://%s:%d", args.host, args.port)
+        demo.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=False,
+            max_file_size=args.max_file_size,
+            allowed_paths=[files_dir],
+            ssr_mode=False,
+            footer_links=[],
+            show_error=True,
+        )
 
 
 if __name__ == "__main__":

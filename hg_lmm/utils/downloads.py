@@ -111,13 +111,22 @@ ARTIFACTS: tuple[Artifact, ...] = (
 )
 
 HUB_MODELS: tuple[HubModel, ...] = (
-    HubModel("lmm_deepseek_vl_1_3b", "deepseek-ai/deepseek-vl-1.3b-chat",
-             "configs/_base_/models/deepseek_vl_1_3b_chat.py"),
-    HubModel("lmm_deepseek_vl_7b", "deepseek-ai/deepseek-vl-7b-chat",
-             "configs/_base_/models/deepseek_vl_7b_chat.py"),
-    HubModel("lmm_llava_1_5_7b", "llava-hf/llava-1.5-7b-hf",
-             "configs/_base_/models/llava_1_5_vicuna_7b.py"),
-)  # fmt: skip
+    HubModel(
+        name="lmm_deepseek_vl_1_3b",
+        repo_id="deepseek-ai/deepseek-vl-1.3b-chat",
+        config="configs/_base_/models/deepseek_vl_1_3b_chat.py",
+    ),
+    HubModel(
+        name="lmm_deepseek_vl_7b",
+        repo_id="deepseek-ai/deepseek-vl-7b-chat",
+        config="configs/_base_/models/deepseek_vl_7b_chat.py",
+    ),
+    HubModel(
+        name="lmm_llava_1_5_7b",
+        repo_id="llava-hf/llava-1.5-7b-hf",
+        config="configs/_base_/models/llava_1_5_vicuna_7b.py",
+    ),
+)
 
 
 def _by_name(items: Iterable, names: Sequence[str], what: str) -> list:
@@ -253,10 +262,14 @@ def download(
         )
     os.replace(target, final)
     if artifact.size is None or artifact.sha256 is None:
+        size = final.stat().st_size
         logger.warning(
-            "%s: %s bytes, SHA-256 %s (not in the table yet, so not checked)",
-            artifact.name, final.stat().st_size, digest,
-        )  # fmt: skip
+            "%s: %d bytes, SHA-256 %s; add them to ARTIFACTS (hg_lmm/utils/downloads.py) so that "
+            "later downloads are checked",
+            artifact.name,
+            size,
+            digest,
+        )
     return final
 
 
