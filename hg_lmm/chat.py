@@ -214,32 +214,20 @@ class GroundedChat:
         return ChatTurn.from_grounded("expression", expression.strip(), grounded)
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def chat_arg_parser(description: str | None) -> argparse.ArgumentParser:
     """The arguments the chat CLI and the web demo share: CONFIG, --checkpoint, --threshold,
     --max-new-tokens, --max-pixels, --device, --unsafe-load (`load_chat_from_args` reads them)."""
+    from hg_lmm.evaluation.runner import fraction, positive_int
+
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("config", help="mmengine config that builds the model (cfg.model)")
     parser.add_argument("--checkpoint", required=True, help="the trained head (.pth/.safetensors)")
-    parser.add_argument("--threshold", type=_fraction, help="mask threshold (default: model's)")
-    parser.add_argument("--max-new-tokens", type=_positive, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--threshold", type=fraction, help="mask threshold (default: model's)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument(
-        "--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, help="refuse larger images"
+        "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="refuse larger images"
     )
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument(

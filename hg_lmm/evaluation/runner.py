@@ -78,10 +78,28 @@ def eval_arg_parser(description: str | None, *, with_model: bool = True) -> argp
     return parser
 
 
-def _non_negative(text: str) -> int:
+def _int_at_least(minimum: int, text: str) -> int:
     value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(0, text)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(1, text)
+
+
+def fraction(text: str) -> float:
+    """argparse type: a float strictly between 0 and 1 (a mask threshold)."""
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
     return value
 
 
@@ -90,7 +108,7 @@ def add_save_vis_argument(parser: argparse.ArgumentParser) -> None:
     `<work-dir>/vis/<dataset>/<index>.png` (`EvalRunner.vis_writer`)."""
     parser.add_argument(
         "--save-vis",
-        type=_non_negative,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="write the first N samples of each dataset as prediction-vs-ground-truth overlays "
@@ -268,7 +286,9 @@ class EvalRunner:
         if index >= getattr(self.args, "save_vis", 0):
             return None
 
-        def write(image: Any, pred: Any, target: Any, labels: Sequence[str], title=None) -> Path:
+        def write(
+            image: Any, pred: Any, target: Any, labels: Sequence[str], title: str | None = None
+        ) -> Path:
             from hg_lmm.utils.overlay import compare_overlay
 
             path = self.work_dir / "vis" / dataset_name / f"{index:05d}.png"
@@ -385,7 +405,10 @@ __all__ = [
     "eval_arg_parser",
     "flatten",
     "format_table",
+    "fraction",
     "load_model",
     "make_tokenize",
+    "non_negative_int",
+    "positive_int",
     "write_report",
 ]
