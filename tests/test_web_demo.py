@@ -144,18 +144,25 @@ def test_server_binds_to_localhost_and_answers_through_the_api(server, uploads) 
         client.predict(handle_file(uploads["text"]), QUESTION, api_name="/segment")
 
 
-@pytest.fixture()
-def browser(tmp_path) -> Iterator[object]:
+@pytest.fixture(scope="module")
+def browser_paths() -> tuple[str, str]:
+    """(chromium, chromedriver), or a skip naming what is missing (before the server starts)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
+    driver = shutil.which("chromedriver")
     missing = [
-        name for name, path in (("chromium", chromium), ("chromedriver", driver_path)) if not path
+        name for name, path in (("chromium", chromium), ("chromedriver", driver)) if not path
     ]
     if missing:
         pytest.skip(
             f"no headless browser: {' and '.join(missing)} not installed "
             "(Debian: apt-get install chromium chromium-driver)"
         )
+    return chromium, driver
+
+
+@pytest.fixture()
+def browser(browser_paths, tmp_path) -> Iterator[object]:
+    chromium, driver_path = browser_paths
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
     from selenium.webdriver.chrome.service import Service
 
@@ -221,7 +228,9 @@ def _wait_for_message(driver, text: str) -> None:
     )
 
 
-def test_browser_upload_ask_and_see_the_overlay(server, uploads, browser, tmp_path) -> None:
+def test_browser_upload_ask_and_see_the_overlay(
+    browser_paths, server, uploads, browser, tmp_path
+) -> None:
     from selenium.webdriver.common.by import By
 
     url, _ = server
@@ -256,7 +265,9 @@ def test_browser_upload_ask_and_see_the_overlay(server, uploads, browser, tmp_pa
     _check_reply(uploads["image"], record, overlay)
 
 
-def test_browser_refuses_bad_uploads_with_a_message(server, uploads, browser) -> None:
+def test_browser_refuses_bad_uploads_with_a_message(
+    browser_paths, server, uploads, browser
+) -> None:
     url, _ = server
     _ask_in_page(browser, url, "chat", uploads["huge"], QUESTION)
     _wait_for_message(
