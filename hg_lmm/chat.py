@@ -68,7 +68,7 @@ def load_user_image(
         raise ImageError(f"{name} is too large: {error}; downscale it first") from error
     except UnidentifiedImageError as error:
         raise ImageError(
-            f"{name} is not an image that can be read (PNG, JPEG, WebP, BMP, ...): {error}"
+            f"{name} is not an image that can be read; upload a PNG, JPEG, WebP or BMP file"
         ) from error
     except (OSError, SyntaxError, ValueError) as error:  # truncated or malformed data
         raise ImageError(f"{name} is corrupt or truncated ({error}); re-save the image") from error
