@@ -322,10 +322,14 @@ class EvalRunner:
 
 
 def make_tokenize(model: Any) -> Any:
-    """The training tokenization (prompt + caption pieces) for `model`'s LMM adapter."""
+    """The training tokenization (prompt + caption pieces) for `model`'s LMM adapter, keeping
+    every phrase: evaluation scores them all (empty targets included, see README "Failure
+    modes"), where training drops those it cannot learn from."""
     from hg_lmm.datasets import TokenizePieces
 
-    return TokenizePieces(tokenizer=model.lmm.tokenizer, prompt=model.lmm.train_prompt)
+    return TokenizePieces(
+        tokenizer=model.lmm.tokenizer, prompt=model.lmm.train_prompt, drop_ungroundable=False
+    )
 
 
 def flatten(results: Sequence[Sequence[Any]]) -> list[Any]:
