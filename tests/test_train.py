@@ -81,9 +81,7 @@ def test_train_checkpoint_and_exact_resume(run_dir):
     # the fusion head draws from the RNG states saved with the checkpoint; with seed=None, as the
     # released configs, the data order follows the checkpoint's seed).
     resume_from = wd / f"iter_{n_iters - 1 - (n_iters - 1) % 2}.pth"
-    log2 = _train(
-        run_dir, "--work-dir", "resumed", "--resume", str(resume_from), *opts, *once
-    )
+    log2 = _train(run_dir, "--work-dir", "resumed", "--resume", str(resume_from), *opts, *once)
     start = int(resume_from.stem.split("_")[1])
     assert f"resumed epoch: 0, iter: {start}" in log2
     assert "data order follows the checkpoint's seed" in log2
