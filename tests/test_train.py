@@ -4,6 +4,7 @@ that exit non-zero with a message naming the file."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -35,7 +36,7 @@ def run_dir(tmp_path_factory):
     from hg_lmm.datasets.toy import ToyConfig, make_toy_data
 
     cwd = tmp_path_factory.mktemp("train")
-    make_toy_data(str(cwd / "data" / "toy"), ToyConfig.small())
+    make_toy_data(str(cwd / "data" / "toy"), ToyConfig.small(png_train=6))
     return cwd
 
 
@@ -43,17 +44,26 @@ def run_dir(tmp_path_factory):
 def test_train_checkpoint_and_exact_resume(run_dir):
     from hg_lmm.utils.checkpoint import load_state, read_state_dict
 
+    # Four training images are corrupt: over two epochs, in DataLoader workers (which start
+    # afresh every epoch), each is reported once and counted in a summary at the end.
+    with open(run_dir / "data/toy/coco/annotations/panoptic_train2017.json") as f:
+        bad = [im["file_name"] for im in json.load(f)["images"][:4]]
+    for name in bad:
+        (run_dir / "data/toy/coco/train2017" / name).write_bytes(b"not a jpeg")
     opts = ["--cfg-options", "default_hooks.checkpoint.interval=2"]
-    once = ["train_cfg.max_epochs=1", "randomness.seed=None"]
+    once = ["train_cfg.max_epochs=2", "randomness.seed=None", "train_dataloader.num_workers=2"]
     log = _train(run_dir, "--work-dir", "wd", *opts, *once)
     n_iters = int(re.findall(r"Saving checkpoint at (\d+) iterations", log)[-1])
-    assert n_iters >= 4, log[-2000:]
+    assert n_iters >= 6, log[-2000:]
+    skips = [line for line in log.splitlines() if "skipping sample" in line]
+    assert len(skips) == 4 and all("CorruptImageError" in line for line in skips), skips
+    assert "data report of this process: 4 samples could not be loaded" in log
     wd = run_dir / "wd"
     last = wd / f"iter_{n_iters}.pth"
     assert last.is_file()
     # Written atomically (no temporary file left) and readable by the group, like plain files.
     assert not list(wd.glob(".*.tmp"))
-    for name in ("last_checkpoint", "learning_curve.json", last.name):
+    for name in ("last_checkpoint", last.name):
         assert (wd / name).stat().st_mode & 0o777 == 0o666 & ~_umask(), name
 
     # Our weights-only loader reads the mmengine checkpoint: trainable head state only.
