@@ -62,9 +62,11 @@ def test_train_checkpoint_and_exact_resume(run_dir):
     last = wd / f"iter_{n_iters}.pth"
     assert last.is_file()
     # Written atomically (no temporary file left) and readable by the group, like plain files.
+    from hg_lmm.utils.files import default_file_mode
+
     assert not list(wd.glob(".*.tmp"))
     for name in ("last_checkpoint", last.name):
-        assert (wd / name).stat().st_mode & 0o777 == 0o666 & ~_umask(), name
+        assert (wd / name).stat().st_mode & 0o777 == default_file_mode(), name
 
     # Our weights-only loader reads the mmengine checkpoint: trainable head state only.
     state = read_state_dict(last)
@@ -100,12 +102,6 @@ def test_train_checkpoint_and_exact_resume(run_dir):
     resumed = read_state_dict(run_dir / "resumed" / last.name)
     assert resumed.keys() == state.keys()
     assert all(torch.equal(resumed[k], state[k]) for k in state), "resume is not exact"
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ class NotWritableError(OSError):
 
 
 @functools.lru_cache(maxsize=1)
-def _file_mode() -> int:
+def default_file_mode() -> int:
     """0o666 minus the process umask, read once (Linux reports it in /proc; elsewhere it can only
     be read by setting it, which is not thread-safe)."""
     with contextlib.suppress(OSError, ValueError):
@@ -60,7 +60,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp_name, _file_mode())
+        os.chmod(tmp_name, default_file_mode())
         os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -106,6 +106,7 @@ def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 22) -> str:
 __all__ = [
     "NotWritableError",
     "atomic_open",
+    "default_file_mode",
     "require_writable_dir",
     "sha256_file",
     "write_bytes_atomic",

@@ -15,15 +15,8 @@ from hg_lmm.evaluation import gcg
 from hg_lmm.evaluation.benchmarks import gcg_dataset, refseg_records
 from hg_lmm.evaluation.metrics import EMPTY_TARGET, MaskRecord, refseg_metrics
 from hg_lmm.evaluation.runner import EvalRunner, write_report
+from hg_lmm.utils.files import default_file_mode
 from tests.evaluation.conftest import TINY_CONFIG, read_results, run_cli
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 @pytest.fixture
@@ -57,7 +50,7 @@ def test_table_is_printed_before_the_file_is_written(not_a_dir, capsys) -> None:
 
 def test_results_file_is_readable_by_others(tmp_path) -> None:
     path = write_report(tmp_path, "png", {"png_val": {"AR": 0.25}})
-    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # 0644 under umask 022
+    assert path.stat().st_mode & 0o777 == default_file_mode()  # 0644 under umask 022
 
 
 # --- 2. a resumed GCG inference never mixes two models ------------------------------------------

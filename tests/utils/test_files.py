@@ -12,16 +12,11 @@ import torch
 from hg_lmm.utils.files import (
     NotWritableError,
     atomic_open,
+    default_file_mode,
     require_writable_dir,
     sha256_file,
     write_bytes_atomic,
 )
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def test_atomic_write_replaces_whole_file_with_plain_permissions(tmp_path):
@@ -29,8 +24,19 @@ def test_atomic_write_replaces_whole_file_with_plain_permissions(tmp_path):
     write_bytes_atomic(path, b"first")
     write_bytes_atomic(path, b"second")
     assert path.read_bytes() == b"second"
-    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # 0644, not mkstemp's 0600
+    assert path.stat().st_mode & 0o777 == default_file_mode()
     assert os.listdir(path.parent) == ["out.json"]
+
+
+def test_files_get_the_umask_permissions_not_0600(tmp_path):
+    previous = os.umask(0o022)
+    default_file_mode.cache_clear()
+    try:
+        write_bytes_atomic(tmp_path / "results.json", b"{}")
+        assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644  # mkstemp gives 0600
+    finally:
+        os.umask(previous)
+        default_file_mode.cache_clear()
 
 
 def test_interrupted_write_keeps_the_old_file(tmp_path):
