@@ -8,6 +8,9 @@ What can be loaded: our own `.pth`/`.safetensors`, released HG-LMM and F-LMM hea
 names are the head's own names, without our `head.` prefix), and DeepSpeed checkpoint folders. Files
 are read with `torch.load(weights_only=True)` or safetensors; anything that needs arbitrary
 unpickling is refused unless the caller opts in (`unsafe=True`, the CLIs' `--unsafe-load`).
+Before anything is unpickled, `check_checkpoint_file` tells a damaged or foreign file (empty,
+truncated, text, random bytes) from a checkpoint by its bytes and names what is wrong; a state
+holding NaN or Inf is refused at load time.
 """
 
 from __future__ import annotations
