@@ -217,14 +217,16 @@ class GroundedChat:
 def chat_arg_parser(description: str | None) -> argparse.ArgumentParser:
     """The arguments the chat CLI and the web demo share: CONFIG, --checkpoint, --threshold,
     --max-new-tokens, --max-pixels, --device, --unsafe-load (`load_chat_from_args` reads them)."""
-    from hg_lmm.evaluation.runner import fraction, positive_int
+    from hg_lmm.evaluation.runner import open_unit_interval, positive_int
 
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("config", help="mmengine config that builds the model (cfg.model)")
     parser.add_argument("--checkpoint", required=True, help="the trained head (.pth/.safetensors)")
-    parser.add_argument("--threshold", type=fraction, help="mask threshold (default: model's)")
+    parser.add_argument(
+        "--threshold", type=open_unit_interval, help="mask threshold (default: model's)"
+    )
     parser.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument(
         "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="refuse larger images"

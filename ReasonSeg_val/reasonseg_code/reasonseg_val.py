@@ -12,14 +12,22 @@ from functools import partial
 
 from hg_lmm.evaluation.benchmarks import reasonseg_dataset, reasonseg_record
 from hg_lmm.evaluation.metrics import reasonseg_metrics
-from hg_lmm.evaluation.runner import EvalRunner, add_save_vis_argument, eval_arg_parser
+from hg_lmm.evaluation.runner import (
+    EvalRunner,
+    add_save_vis_argument,
+    eval_arg_parser,
+    open_unit_interval,
+    positive_int,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = eval_arg_parser(__doc__)
     parser.add_argument("--split", nargs="+", default=["val"], choices=["val", "test"])
-    parser.add_argument("--threshold", type=float, default=0.3, help="mask threshold")
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument(
+        "--threshold", type=open_unit_interval, default=0.3, help="mask threshold, in (0, 1)"
+    )
+    parser.add_argument("--max-new-tokens", type=positive_int, default=1024)
     add_save_vis_argument(parser)
     args = parser.parse_args(argv)
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from hg_lmm.evaluation.metrics import (
+    EMPTY_TARGET,
     IGNORE_INDEX,
     MaskRecord,
     mask_intersection_union,
@@ -120,7 +121,10 @@ def _records(
     out = []
     for k in range(gt.shape[0]):
         intersection, union = mask_intersection_union(pred[k], gt[k])
-        out.append(MaskRecord(f"{key}/{k}", intersection, union, dict(meta[k]) if meta else {}))
+        tags = dict(meta[k]) if meta else {}
+        if not bool(gt[k].any()):
+            tags[EMPTY_TARGET] = True
+        out.append(MaskRecord(f"{key}/{k}", intersection, union, tags))
     return out
 
 
@@ -232,7 +236,10 @@ def reasonseg_record(
         answer = grounded.text or "(empty answer)"
         vis(sample.image, pred[None], sample.target[None], [answer], title=sample.questions[0])
     intersection, union = mask_intersection_union(pred, target, ignore_index=IGNORE_INDEX)
-    return MaskRecord(str(key), intersection, union, {"answer": grounded.text})
+    tags: dict[str, Any] = {"answer": grounded.text}
+    if not bool((target == 1).any()):
+        tags[EMPTY_TARGET] = True
+    return MaskRecord(str(key), intersection, union, tags)
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from hg_lmm.evaluation.metrics import EMPTY_TARGET
 from hg_lmm.evaluation.rle import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -36,13 +37,52 @@ logger = logging.getLogger(__name__)
 DEFAULT_DATA_ROOT = "data/"
 
 
-def eval_arg_parser(description: str | None, *, with_model: bool = True) -> argparse.ArgumentParser:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (e.g. --limit: 0 or -1 would silently score nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (e.g. --save-vis: 0 writes no overlays)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def open_unit_interval(text: str) -> float:
+    """argparse type: a float strictly between 0 and 1 (a mask threshold on probabilities)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be strictly between 0 and 1 (a probability), got {value}"
+        )
+    return value
+
+
+def eval_arg_parser(
+    description: str | None, *, with_model: bool = True, work_dir: str | None = None
+) -> argparse.ArgumentParser:
     """The arguments every eval CLI shares; a CLI adds its own flags to the returned parser.
 
     Arguments:
       description: the CLI's help text (its module docstring).
       with_model: add CONFIG, --checkpoint, --unsafe-load and --num-workers (False for CLIs
         that only score saved predictions).
+      work_dir: the --work-dir default (shown in --help); None means work_dirs/<config name>,
+        resolved by `EvalRunner`.
     """
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -64,43 +104,19 @@ def eval_arg_parser(description: str | None, *, with_model: bool = True) -> argp
     )
     parser.add_argument(
         "--work-dir",
-        default=None,
-        help="where <name>_results.json goes; default work_dirs/<config name>",
+        default=work_dir,
+        help="where <name>_results.json goes; default "
+        + ("%(default)s" if work_dir else "work_dirs/<config name>"),
     )
     parser.add_argument(
         "--limit",
-        type=int,
+        type=positive_int,
         default=None,
-        help="score only the first N samples of each dataset (smoke runs)",
+        help="score only the first N >= 1 samples of each dataset (smoke runs)",
     )
     if with_model:
         parser.add_argument("--num-workers", type=int, default=0, help="data-loading workers")
     return parser
-
-
-def _int_at_least(minimum: int, text: str) -> int:
-    value = int(text)
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    return _int_at_least(0, text)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    return _int_at_least(1, text)
-
-
-def fraction(text: str) -> float:
-    """argparse type: a float strictly between 0 and 1 (a mask threshold)."""
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
-    return value
 
 
 def add_save_vis_argument(parser: argparse.ArgumentParser) -> None:
@@ -171,6 +187,16 @@ def load_model(
     return model.eval()
 
 
+def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Create `path` and check it is writable, or exit naming it and `flag` (at start-up)."""
+    from hg_lmm.utils.files import NotWritableError, require_writable_dir
+
+    try:
+        return require_writable_dir(path, flag)
+    except NotWritableError as error:
+        raise SystemExit(str(error)) from error
+
+
 def _identity(sample: Any) -> Any:
     return sample
 
@@ -215,7 +241,7 @@ def write_report(
     metrics: Mapping[str, Mapping[str, Any]],
     **extra: Any,
 ) -> Path:
-    """Print the metrics table and write `<work_dir>/<name>_results.json` (atomically).
+    """Print the metrics table, then write `<work_dir>/<name>_results.json` (atomically).
 
     Arguments:
       work_dir: output folder (created).
@@ -226,9 +252,16 @@ def write_report(
     Returns:
       The path of the results file.
     """
-    path = Path(work_dir) / f"{name}_results.json"
-    write_json_atomic(path, _json_safe({"name": name, "metrics": metrics, **extra}), indent=2)
+    # The table first: if the file cannot be written, the numbers are on screen all the same.
     print(format_table(metrics), flush=True)
+    path = Path(work_dir) / f"{name}_results.json"
+    try:
+        write_json_atomic(path, _json_safe({"name": name, "metrics": metrics, **extra}), indent=2)
+    except OSError as error:
+        raise SystemExit(
+            f"could not write {path} ({error}); the metrics are printed above. Pass a writable "
+            "--work-dir"
+        ) from error
     print(f"results written to {path}", flush=True)
     return path
 
@@ -254,6 +287,8 @@ class EvalRunner:
         )
         config = getattr(args, "config", None)
         self.work_dir = Path(args.work_dir or default_work_dir(config))
+        if self.is_main:  # before any work: a run must not end in a failed write
+            check_output_dir(self.work_dir, "--work-dir")
         self.counts: dict[str, dict[str, Any]] = {}
         self.model: Any = None
         if load:
@@ -351,7 +386,23 @@ class EvalRunner:
             "records": sum(len(r) if isinstance(r, list) else 1 for r in results),
             "per_rank": per_rank,
         }
+        self._count_empty_targets(dataset_name, results)
         return results
+
+    def _count_empty_targets(self, dataset_name: str, results: Sequence[Any]) -> None:
+        """Log (and record in the counts) how many scored records had an empty target."""
+        records = [r for part in results for r in (part if isinstance(part, list) else [part])]
+        empty = sum(bool(getattr(r, "meta", {}).get(EMPTY_TARGET)) for r in records)
+        if empty:
+            self.counts[dataset_name]["empty_targets"] = empty
+            if self.is_main:
+                logger.warning(
+                    "%s: %d of %d ground-truth masks are empty; they are scored by the metric's "
+                    "rule for an empty target (README, 'Failure modes')",
+                    dataset_name,
+                    empty,
+                    len(records),
+                )
 
     @staticmethod
     def _check_coverage(dataset_name: str, indices: Sequence[int], num_samples: int) -> None:
@@ -386,10 +437,14 @@ class EvalRunner:
 
 
 def make_tokenize(model: Any) -> Any:
-    """The training tokenization (prompt + caption pieces) for `model`'s LMM adapter."""
+    """The training tokenization (prompt + caption pieces) for `model`'s LMM adapter, keeping
+    every phrase: evaluation scores them all (empty targets included, see README "Failure
+    modes"), where training drops those it cannot learn from."""
     from hg_lmm.datasets import TokenizePieces
 
-    return TokenizePieces(tokenizer=model.lmm.tokenizer, prompt=model.lmm.train_prompt)
+    return TokenizePieces(
+        tokenizer=model.lmm.tokenizer, prompt=model.lmm.train_prompt, drop_ungroundable=False
+    )
 
 
 def flatten(results: Sequence[Sequence[Any]]) -> list[Any]:
@@ -401,14 +456,15 @@ __all__ = [
     "DEFAULT_DATA_ROOT",
     "EvalRunner",
     "add_save_vis_argument",
+    "check_output_dir",
     "default_work_dir",
     "eval_arg_parser",
     "flatten",
     "format_table",
-    "fraction",
     "load_model",
     "make_tokenize",
     "non_negative_int",
+    "open_unit_interval",
     "positive_int",
     "write_report",
 ]
