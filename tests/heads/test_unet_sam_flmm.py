@@ -90,6 +90,17 @@ def test_grid_crop_agrees_with_the_integer_rule_on_many_shapes():
     assert checked > 400
 
 
+def test_grid_crop_rejects_an_inconsistent_meta():
+    from hg_lmm.lmm.processors import letterbox_meta
+
+    meta = letterbox_meta(40, 48, 48)
+    meta["padding"]["before_height"] = 20  # 20 + 40 rows do not fit in 48
+    with pytest.raises(ValueError, match="does not fit"):
+        crop_to_image_grid(torch.zeros(1, 64, 64), meta)
+    with pytest.raises(ValueError, match="lacks padded_shape.height"):
+        grid_image_region({"padding": meta["padding"]}, (64, 64))
+
+
 # ---------------------------------------------------------------------------------------------
 # The head's SAM inputs and final logits on a fixed tiny SAM.
 
