@@ -71,8 +71,8 @@ def golden_image(height: int, width: int, seed: int) -> np.ndarray:
     return np.floor((u + 1.0) * 127.5).astype(np.uint8)
 
 
-def fixture_tokens(case: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids [T], mask_ids [T]) of one fixture case, as stored (no tokenizer involved)."""
-    ids: Sequence[int] = case["input_ids"]
-    mids: Sequence[int] = case["mask_ids"]
+def fixture_tokens(tokens: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids [T], mask_ids [T]) from the fixture's "tokens" record (no tokenizer involved)."""
+    ids: Sequence[int] = tokens["input_ids"]
+    mids: Sequence[int] = tokens["mask_ids"]
     return torch.tensor(ids, dtype=torch.long), torch.tensor(mids, dtype=torch.long)
