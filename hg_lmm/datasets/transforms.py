@@ -1,4 +1,4 @@
-"""Caption pieces -> token ids and per-token mask ids (ARCHITECTURE.md section 4).
+"""Caption pieces -> token ids and per-token mask ids (docs/architecture.md, "Preprocessing").
 
 The prompt is encoded once, with special tokens (BOS), and its tokens get mask_id -1. Each piece
 is then encoded on its own, without special tokens, and the lists are concatenated: the caption is

@@ -349,9 +349,10 @@ def load_state(
 
     Released head checkpoints name tensors as the head does (`lifg.conv1.weight`); ours carry the
     model's `head.` prefix. Keys under `ignored_prefixes` (by default the head's
-    `IGNORED_CHECKPOINT_PREFIXES`, e.g. the reference 7B's unused `cliplayer.`) are dropped with a
-    log line. Only the trainable state is loaded: a key of a
-    frozen part (the LMM, SAM's image encoder) counts as unexpected. With `strict`, any missing
+    `IGNORED_CHECKPOINT_PREFIXES`: the reference 7B's unused `cliplayer.`, or the frozen
+    `sam.model.image_encoder.` that F-LMM files may hold) are dropped with a log line that counts
+    them, and never fail a strict load. Only the trainable state is loaded: any other key of a
+    frozen part (e.g. the LMM) counts as unexpected. With `strict`, any missing
     trainable key or unexpected key raises `CheckpointError` carrying the report. A tensor holding
     NaN or Inf always raises (a diverged run's checkpoint would load and score 0). `assign` is
     passed to `load_state_dict` (for a model built on the meta device).
