@@ -17,8 +17,8 @@ from PIL import Image
 
 from hg_lmm.chat import ChatTurn, GroundedChat, ImageError, load_chat, load_user_image
 from hg_lmm.evaluation.phrases import extract_noun_phrases
-from hg_lmm.evaluation.rle import rle_to_mask
 from hg_lmm.utils.overlay import draw_overlay
+from hg_lmm.utils.rle import rle_to_mask
 from tests.conftest import REPO, TINY_CONFIG
 
 CHAT_CLI = str(REPO / "scripts" / "chat.py")

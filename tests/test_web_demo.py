@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hg_lmm.evaluation.rle import rle_to_mask
 from hg_lmm.utils.overlay import draw_overlay
+from hg_lmm.utils.rle import rle_to_mask
 from tests.conftest import REPO, TINY_CONFIG
 from tests.evaluation.conftest import _free_port
 

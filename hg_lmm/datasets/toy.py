@@ -512,7 +512,7 @@ def _write_refcoco(rng: np.random.Generator, cfg: ToyConfig, paths: dict, first_
 
 
 def _write_gcg(rng: np.random.Generator, cfg: ToyConfig, paths: dict) -> None:
-    from hg_lmm.evaluation.rle import mask_to_rle
+    from hg_lmm.utils.rle import mask_to_rle
 
     ann_id = 0
     for s_idx, split in enumerate(("val", "test")):

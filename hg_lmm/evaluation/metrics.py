@@ -36,7 +36,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from hg_lmm.evaluation.rle import RLE, rle_area, rle_bbox, rle_to_mask
+from hg_lmm.utils.arrays import as_numpy
+from hg_lmm.utils.rle import RLE, rle_area, rle_bbox, rle_to_mask
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +59,6 @@ EMPTY_TARGET = "empty_target"
 # --------------------------------------------------------------------------------------------
 
 
-def _as_numpy(array: Any) -> np.ndarray:
-    """Numpy view of a numpy array or torch tensor (moved to CPU); torch is not imported here."""
-    if hasattr(array, "detach"):
-        array = array.detach().cpu().numpy()
-    return np.asarray(array)
-
-
 def _check_binary(array: np.ndarray, name: str, allowed_extra: int | None = None) -> None:
     """Reject soft masks: a probability map would silently count every nonzero as foreground."""
     if array.dtype == np.bool_:
@@ -83,8 +77,8 @@ def _check_binary(array: np.ndarray, name: str, allowed_extra: int | None = None
 
 def _valid_masks(pred: Any, target: Any, ignore_index: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Foreground of `pred` and `target` restricted to valid pixels, as bool arrays."""
-    pred_np = _as_numpy(pred)
-    target_np = _as_numpy(target)
+    pred_np = as_numpy(pred)
+    target_np = as_numpy(target)
     if pred_np.shape != target_np.shape:
         raise ValueError(
             f"pred and target shapes differ: {tuple(pred_np.shape)} vs {tuple(target_np.shape)}; "
@@ -154,8 +148,8 @@ def pairwise_mask_iou(preds: Any, targets: Any, *, empty: float = 0.0) -> np.nda
     Returns:
       [P, G] float64 array.
     """
-    preds_np = _as_numpy(preds)
-    targets_np = _as_numpy(targets)
+    preds_np = as_numpy(preds)
+    targets_np = as_numpy(targets)
     if preds_np.ndim != 3 or targets_np.ndim != 3:
         raise ValueError(
             f"pairwise_mask_iou expects [P, H, W] and [G, H, W], got {tuple(preds_np.shape)} and "
@@ -182,7 +176,7 @@ def pixel_accuracy(pred: Any, target: Any, *, ignore_index: int | None = None) -
     if ignore_index is None:
         valid = np.ones(pred_fg.shape, dtype=bool)
     else:
-        valid = _as_numpy(target) != ignore_index
+        valid = as_numpy(target) != ignore_index
     total = int(np.count_nonzero(valid))
     if total == 0:
         return float("nan")
@@ -353,7 +347,7 @@ def average_recall(ious: Any, *, step: float = 1e-5) -> float:
     Returns:
       The average recall; NaN when `ious` is empty.
     """
-    values = np.sort(_as_numpy(ious).astype(np.float64).reshape(-1))
+    values = np.sort(as_numpy(ious).astype(np.float64).reshape(-1))
     if values.size == 0:
         return float("nan")
     thresholds = np.arange(0.0, 1.0, step)
@@ -378,9 +372,9 @@ def png_summary(ious: Any, isthing: Any, plural: Any, *, step: float = 1e-5) -> 
       `AR`, `AR_singulars`, `AR_plurals`, `AR_things`, `AR_stuff` (NaN for an empty group) and
       `acc_at_0_5` (fraction with IoU > 0.5, strict as in PNG).
     """
-    iou_np = _as_numpy(ious).astype(np.float64).reshape(-1)
-    thing_np = _as_numpy(isthing).astype(bool).reshape(-1)
-    plural_np = _as_numpy(plural).astype(bool).reshape(-1)
+    iou_np = as_numpy(ious).astype(np.float64).reshape(-1)
+    thing_np = as_numpy(isthing).astype(bool).reshape(-1)
+    plural_np = as_numpy(plural).astype(bool).reshape(-1)
     if not (iou_np.shape == thing_np.shape == plural_np.shape):
         raise ValueError(
             f"png_summary: ious, isthing and plural must have one entry per segment, got "
@@ -527,8 +521,8 @@ def gcg_image_miou(pred_masks: Any, gt_masks: Any) -> float:
     Returns:
       The image's mIoU.
     """
-    pred_np = _as_numpy(pred_masks)
-    gt_np = _as_numpy(gt_masks)
+    pred_np = as_numpy(pred_masks)
+    gt_np = as_numpy(gt_masks)
     if pred_np.shape[0] == 0 or gt_np.shape[0] == 0:
         return 0.0
     ious = pairwise_mask_iou(pred_np, gt_np, empty=0.0)
@@ -562,8 +556,8 @@ def gcg_image_recall_matches(
     Returns:
       The number of matched pairs.
     """
-    gt_np = _as_numpy(gt_masks)
-    pred_np = _as_numpy(pred_masks)
+    gt_np = as_numpy(gt_masks)
+    pred_np = as_numpy(pred_masks)
     if gt_np.shape[0] != len(gt_phrases) or pred_np.shape[0] != len(pred_phrases):
         raise ValueError(
             f"GCG recall needs one mask per phrase: {gt_np.shape[0]} gt masks for "

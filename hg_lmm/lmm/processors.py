@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,26 +26,17 @@ from PIL import Image
 from torchvision.transforms.functional import InterpolationMode
 from torchvision.transforms.functional import resize as tv_resize
 
+from hg_lmm.utils.images import ImageLike, rgb_array
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
-
 
 def to_rgb(image: ImageLike) -> Image.Image:
-    """A PIL RGB image from a PIL image or an [H, W, 3] uint8 array/tensor."""
+    """A PIL RGB image from any `ImageLike` (`hg_lmm.utils.images.rgb_array` reads it)."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"array images must be [H, W, 3] uint8 RGB, got {image.shape} {image.dtype}; "
-                "convert it (or pass a PIL image)"
-            )
-        return Image.fromarray(image, mode="RGB")
-    raise TypeError(f"expected a PIL image or an [H, W, 3] uint8 array, got {type(image).__name__}")
+    return Image.fromarray(rgb_array(image), mode="RGB")
 
 
 def letterbox_meta(height: int, width: int, side: int | None = None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hg_lmm.evaluation import metrics as M
-from hg_lmm.evaluation.rle import mask_to_rle
+from hg_lmm.utils.rle import mask_to_rle
 
 REL = 1e-6
 

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from hg_lmm.heads.pooling import attention_prior, phrase_pooling
-from hg_lmm.heads.unet_sam.sam_refiner import ImageLike, SAMImage, SAMRefiner
+from hg_lmm.heads.unet_sam.sam_refiner import SAMImage, SAMRefiner
 from hg_lmm.heads.unet_sam.unet import UNetMaskHead
 from hg_lmm.lmm.base import LMMDims, LMMFeatures, check_features
 from hg_lmm.utils.build import build
+from hg_lmm.utils.images import ImageLike
 from hg_lmm.utils.masks import crop_to_image_grid
 
 
