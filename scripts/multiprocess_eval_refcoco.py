@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from functools import partial
 
 from hg_lmm.evaluation.benchmarks import REFCOCO_SPLITS, refcoco_dataset, refseg_records
-from hg_lmm.evaluation.metrics import refseg_metrics
+from hg_lmm.evaluation.mask_metrics import refseg_metrics
 from hg_lmm.evaluation.runner import (
     EvalRunner,
     add_save_vis_argument,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from hg_lmm.evaluation import gcg
 from hg_lmm.evaluation.benchmarks import gcg_dataset
-from hg_lmm.evaluation.metrics import BertTextSimilarity, caption_metrics, gcg_metrics
+from hg_lmm.evaluation.gcg_metrics import BertTextSimilarity, caption_metrics, gcg_metrics
 from hg_lmm.evaluation.runner import check_output_dir, eval_arg_parser, write_report
 
 

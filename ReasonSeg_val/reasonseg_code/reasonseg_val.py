@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from functools import partial
 
 from hg_lmm.evaluation.benchmarks import reasonseg_dataset, reasonseg_record
-from hg_lmm.evaluation.metrics import reasonseg_metrics
+from hg_lmm.evaluation.mask_metrics import reasonseg_metrics
 from hg_lmm.evaluation.runner import (
     EvalRunner,
     add_save_vis_argument,

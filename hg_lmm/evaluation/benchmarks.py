@@ -2,7 +2,7 @@
 scored, and how the scores are reduced. The CLIs and training-time evaluation share these.
 
 Scoring a sample returns `MaskRecord`s (sample id, I, U, tags) so that every reduction is exact
-under multi-process evaluation (see `hg_lmm.evaluation.metrics`). Sample ids are
+under multi-process evaluation (see `hg_lmm.evaluation.mask_metrics`). Sample ids are
 `<dataset index>/<mask index>`: unique within a dataset, and the same whatever process scored them.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from hg_lmm.evaluation.metrics import (
+from hg_lmm.evaluation.mask_metrics import (
     EMPTY_TARGET,
     IGNORE_INDEX,
     MaskRecord,

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from hg_lmm.evaluation.metrics import EMPTY_TARGET
+from hg_lmm.evaluation.mask_metrics import EMPTY_TARGET
 from hg_lmm.utils.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
