@@ -1,5 +1,5 @@
 """The six released configs: original file names, the reference recipes, and that each one builds
-the right head family and a working data pipeline once its LMM is swapped for a tiny one.
+the right head and a working data pipeline once its LMM is swapped for a tiny one.
 
 Real LMMs and SAM weights are never loaded here: `tiny_overrides` replaces `cfg.model.lmm` with
 the matching tiny adapter, SAM with a tiny random SAM, the tokenizer and prompt with the tiny
@@ -27,7 +27,7 @@ class Leaf:
     """A released config and the reference facts it must carry."""
 
     path: str
-    family: str  # "hg" or "unet_sam"
+    head: str  # "hg" (HG head) or "unet_sam" (U-Net+SAM head)
     lmm: str  # "1.3b", "7b" (DeepSeek-VL styles) or "llava"
     model_path: str
     max_epochs: int
@@ -135,7 +135,7 @@ def tiny_overrides(cfg, leaf: Leaf, tiny_dir: Path, toy_root: Path):
         # The tiny grid has fewer image tokens than 576: the tiny adapter's own prompt.
         prompt = tiny_deepseek_vl_adapter(cache_dir=cache, style=leaf.lmm).train_prompt
     cfg.model.lmm = lmm
-    if leaf.family == "unet_sam":
+    if leaf.head == "unet_sam":
         cfg.model.head.sam.model = dict(type=tiny_sam)
     datasets = []
     for d in cfg.train_dataloader.dataset.datasets:
@@ -175,7 +175,7 @@ def test_recipe(leaf):
     assert model.lmm.model_path == leaf.model_path
     assert model.lmm.torch_dtype == "bfloat16"
     assert model.loss == dict(loss_mask_weight=1.0, loss_dice_weight=1.0)
-    if leaf.family == "hg":
+    if leaf.head == "hg":
         assert model.head.type is HGHead
     else:
         assert model.head.type is UNetSAMHead
@@ -238,7 +238,7 @@ def test_builds_with_tiny_lmm(leaf, tiny_dir, toy_root):
 
     cfg = tiny_overrides(load_leaf(leaf), leaf, tiny_dir, toy_root)
     model = build(cfg.model)
-    head_cls = HGHead if leaf.family == "hg" else UNetSAMHead
+    head_cls = HGHead if leaf.head == "hg" else UNetSAMHead
     assert type(model.head) is head_cls
     dims = model.lmm.dims
     assert model.head.dims == dims and dims.hidden_size == 32  # the tiny LMM's, not 2048/4096
@@ -266,7 +266,7 @@ def test_builds_with_tiny_lmm(leaf, tiny_dir, toy_root):
     losses = model([samples[0]], mode="loss")
     total = sum(v for k, v in losses.items() if "loss" in k)
     assert torch.isfinite(total)
-    assert ("sam_loss_mask" in losses) == (leaf.family == "unet_sam")
+    assert ("sam_loss_mask" in losses) == (leaf.head == "unet_sam")
 
 
 def test_tiny_overrides_touch_only_lmm_sam_tokenizer_and_paths(tiny_dir, toy_root):

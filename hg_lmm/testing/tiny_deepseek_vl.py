@@ -22,7 +22,7 @@ import torch
 from hg_lmm.lmm.processors import CLIP_MEAN, CLIP_STD, DeepseekVLImageProcessor
 
 STYLES = ("1.3b", "7b")
-# Eight selected blocks, as the head family expects, spread over the 4-block tiny towers.
+# Eight selected blocks, as both heads expect, spread over the 4-block tiny towers.
 TINY_FEATURE_LAYERS = (0, 0, 1, 1, 2, 2, 3, 3)
 
 

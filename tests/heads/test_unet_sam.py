@@ -1,5 +1,5 @@
-"""Head family B: the U-Net mask head against the golden fixtures, the checkpoint key set, and the
-SAM refiner on a tiny SAM (CPU, seconds)."""
+"""The U-Net+SAM head: the U-Net mask head against the golden fixtures, the checkpoint key set,
+and the SAM refiner on a tiny SAM (CPU, seconds)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def fixture(fixtures_dir):
 
 
 def _dims_from_fixture(record: dict) -> LMMDims:
-    """LMMDims read off the released key shapes (the vision fields do not matter to family B)."""
+    """LMMDims read off the released key shapes (the vision fields do not matter to this head)."""
     shapes = record["state_dict_shapes"]
     num_layers = shapes["text_layer_weights"][0]
     hidden = shapes["text_proj.weight"][1]

@@ -14,9 +14,9 @@ from torch import nn
 from hg_lmm.heads.hg.fusion import FuseMaskHead
 from hg_lmm.heads.hg.lcb import LCB
 from hg_lmm.heads.hg.ldsi import LDSI
-from hg_lmm.heads.hg.lifg import LIFG
-from hg_lmm.heads.hg.sizes import NUM_STAGES, NUM_VISION_LAYERS, TEXT_DIM, hg_geometry
-from hg_lmm.heads.pooling import attention_prior, phrase_pooling
+from hg_lmm.heads.hg.lifg import LIFG, NUM_STAGES, NUM_VISION_LAYERS, TEXT_DIM
+from hg_lmm.heads.hg.sizes import hg_geometry
+from hg_lmm.heads.pooling import attention_prior, layer_weighted, phrase_pooling
 from hg_lmm.lmm.base import LMMDims, LMMFeatures, check_features
 from hg_lmm.utils.masks import unpad_to_image
 
@@ -78,8 +78,7 @@ class HGHead(nn.Module):
             )
         if pooling is None:
             pooling = phrase_pooling(mask_ids, dtype=self._dtype())
-        weights = torch.softmax(self.text_layer_weights, dim=0)
-        hbar = (hidden.to(self._dtype()) * weights[:, None, None]).sum(dim=0)  # [T, D]
+        hbar = layer_weighted(hidden.to(self._dtype()), self.text_layer_weights)  # [T, D]
         return pooling.to(hbar.dtype) @ self.text_proj(hbar)
 
     def mask_logits(self, features: LMMFeatures) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Head family B: F-LMM's U-Net coarse head plus the SAM refiner (docs/architecture.md).
+"""The U-Net+SAM head: F-LMM's U-Net coarse head plus the SAM refiner (docs/architecture.md).
 
 extract (the LMM adapter) -> `UNetSAMHead` -> (coarse logits cropped to the image on the U-Net's
 64-grid, SAM logits on the original image). Every size comes from `LMMDims` (U-Net input = L*H,
@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from hg_lmm.heads.pooling import attention_prior, phrase_pooling
+from hg_lmm.heads.pooling import attention_prior, layer_weighted, phrase_pooling
 from hg_lmm.heads.unet_sam.sam_refiner import SAMImage, SAMRefiner
 from hg_lmm.heads.unet_sam.unet import UNetMaskHead
 from hg_lmm.lmm.base import LMMDims, LMMFeatures, check_features
@@ -27,7 +27,7 @@ from hg_lmm.utils.masks import crop_to_image_grid
 
 @dataclass
 class UNetSAMOutput:
-    """Family-B predictions for the n phrases of one sample.
+    """The U-Net+SAM head's predictions for the n phrases of one sample.
 
     Fields:
       coarse_logits: [n, h, w] U-Net logits cropped to the image at the U-Net's resolution
@@ -114,8 +114,7 @@ class UNetSAMHead(nn.Module):
         the HG head, the tokens are not averaged.
         """
         n = phrase_pooling(mask_ids).shape[0]  # validates mask_ids (every phrase has a token)
-        weights = torch.softmax(self.text_layer_weights, dim=0)
-        hbar = (hidden.to(self._dtype()) * weights[:, None, None]).sum(dim=0)  # [T, D]
+        hbar = layer_weighted(hidden.to(self._dtype()), self.text_layer_weights)  # [T, D]
         keep = mask_ids >= 0
         embeds = self.text_proj(hbar[keep])
         ids = mask_ids[keep]
