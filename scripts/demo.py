@@ -87,11 +87,11 @@ def prediction_grid(args: argparse.Namespace, checkpoint: Path, path: Path, rows
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hg_lmm.evaluation.benchmarks import refcoco_dataset
+    from hg_lmm.evaluation.benchmarks import refcoco_eval_dataset
     from hg_lmm.evaluation.runner import load_model, make_tokenize
 
     model = load_model(args.config, checkpoint)
-    dataset = refcoco_dataset(args.data_root, EVAL_SPLIT)
+    dataset = refcoco_eval_dataset(args.data_root, EVAL_SPLIT)
     tokenize = make_tokenize(model)
     panels = []
     for i in range(len(dataset)):

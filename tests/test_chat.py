@@ -34,9 +34,9 @@ def chat(golden_checkpoint) -> GroundedChat:
 
 @pytest.fixture(scope="module")
 def toy_image(toy_root) -> str:
-    from hg_lmm.evaluation.benchmarks import refcoco_dataset
+    from hg_lmm.datasets.layout import refcoco_dataset
 
-    return refcoco_dataset(toy_root, "refcoco_val")[0].image_path
+    return refcoco_dataset(toy_root, "refcoco", "val")[0].image_path
 
 
 # --- images from users -------------------------------------------------------------------------
@@ -121,10 +121,10 @@ def test_refer_equals_the_models_prediction_of_the_expression(chat, toy_root) ->
     evaluation builds it) is an independent path to the same mask."""
     import dataclasses
 
-    from hg_lmm.evaluation.benchmarks import refcoco_dataset
+    from hg_lmm.datasets.layout import refcoco_dataset
     from hg_lmm.evaluation.runner import make_tokenize
 
-    sample = refcoco_dataset(toy_root, "refcoco_val")[0]
+    sample = refcoco_dataset(toy_root, "refcoco", "val")[0]
     piece = next(p for p in sample.pieces if p.mask_id == 0)
     single = dataclasses.replace(sample, pieces=[piece], masks=sample.masks[:1])
     expected = chat.model([make_tokenize(chat.model)(single)], mode="predict")[0]["masks"]

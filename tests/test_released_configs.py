@@ -157,8 +157,7 @@ def test_recipe(leaf):
     from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 
     from hg_lmm.datasets.collate import concat_datasets, list_collate
-    from hg_lmm.datasets.png import PNGDataset
-    from hg_lmm.datasets.refcoco import RefCocoDataset
+    from hg_lmm.datasets.layout import png_dataset, refcoco_dataset
     from hg_lmm.datasets.transforms import TokenizePieces
     from hg_lmm.heads.hg import HGHead
     from hg_lmm.heads.unet_sam import SAMRefiner, UNetMaskHead, UNetSAMHead, build_sam
@@ -206,12 +205,11 @@ def test_recipe(leaf):
     assert dl.batch_size == leaf.batch_size
     assert dl.collate_fn.type is list_collate and dl.dataset.type is concat_datasets
     png, *refs = dl.dataset.datasets
-    assert png.type is PNGDataset
-    assert png.json_file == "data/coco/annotations/png_coco_train2017.json"
-    assert [(r.type, r.split_file, r.split) for r in refs] == [
-        (RefCocoDataset, "refcoco/refs(unc).p", "train"),
-        (RefCocoDataset, "refcoco+/refs(unc).p", "train"),
-        (RefCocoDataset, "refcocog/refs(umd).p", "train"),
+    assert (png.type, png.data_root, png.split) == (png_dataset, "data/", "train2017")
+    assert [(r.type, r.data_root, r.name, r.split) for r in refs] == [
+        (refcoco_dataset, "data/", "refcoco", "train"),
+        (refcoco_dataset, "data/", "refcoco+", "train"),
+        (refcoco_dataset, "data/", "refcocog", "train"),
     ]
     prompt = expected_prompt(leaf)
     for d in dl.dataset.datasets:
@@ -280,5 +278,5 @@ def test_tiny_overrides_touch_only_lmm_sam_tokenizer_and_paths(tiny_dir, toy_roo
         tiny.train_dataloader.dataset.datasets, shipped.train_dataloader.dataset.datasets
     ):
         assert a["type"] is b["type"]
-        assert a.get("split_file") == b.get("split_file")
-        assert os.path.isabs(a.get("json_file", a.get("data_root")))
+        assert (a.get("name"), a["split"]) == (b.get("name"), b["split"])
+        assert os.path.isabs(a["data_root"])

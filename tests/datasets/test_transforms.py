@@ -13,8 +13,8 @@ from hg_lmm.datasets import (
     TokenizePieces,
     encode_pieces,
 )
-from hg_lmm.datasets.toy import ToyConfig, make_toy_data
 from hg_lmm.testing.tiny_models import tiny_tokenizer
+from hg_lmm.testing.toy import ToyConfig, make_toy_data
 
 PROMPTS = {
     "llava": "USER: <image>\nPlease give me a description of the image. ASSISTANT:",

@@ -10,9 +10,10 @@ import shutil
 import pytest
 import torch
 
+from hg_lmm.datasets.layout import gcg_dataset
 from hg_lmm.datasets.sample import GroundingSample, Piece
 from hg_lmm.evaluation import gcg
-from hg_lmm.evaluation.benchmarks import gcg_dataset, refseg_records
+from hg_lmm.evaluation.benchmarks import refseg_records
 from hg_lmm.evaluation.mask_metrics import EMPTY_TARGET, MaskRecord, refseg_metrics
 from hg_lmm.evaluation.runner import EvalRunner, write_report
 from hg_lmm.utils.files import default_file_mode
