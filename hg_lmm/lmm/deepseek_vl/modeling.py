@@ -42,8 +42,9 @@ class MultiModalityCausalLM(MultiModalityPreTrainedModel):
       config: a MultiModalityConfig (the released `config.json` loads into it).
 
     Submodules (released names): `vision_model` (CLIPVisionTower or HybridVisionTower), `aligner`
-    (MlpProjector), `language_model` (LlamaForCausalLM). Load with
-    `attn_implementation="eager"` when attention probabilities are needed. As upstream, generate
+    (MlpProjector), `language_model` (LlamaForCausalLM). The adapter loads it with
+    `attn_implementation="sdpa"` and records the attention rows it needs alongside
+    (hg_lmm.lmm.capture); `output_attentions=True` falls back to eager. As upstream, generate
     with `language_model.generate(inputs_embeds=prepare_inputs_embeds(...), ...)`.
     """
 
