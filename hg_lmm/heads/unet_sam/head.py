@@ -126,6 +126,11 @@ class UNetSAMHead(nn.Module):
         prior = attention_prior(features.attn.float(), pooling)
         return self.mask_head(prior)
 
+    def prepare_image(self, image: ImageLike | SAMImage) -> SAMImage:
+        """The frozen, per-image part of `forward`: the image resized and encoded by SAM's
+        image encoder. `GroundingModel` calls it once per sample, outside the recomputed head."""
+        return self.sam.embed_image(image)
+
     def forward(self, features: LMMFeatures, image: ImageLike | SAMImage) -> UNetSAMOutput:
         """Coarse and refined logits for every phrase of one sample.
 
