@@ -167,10 +167,12 @@ class GroundingModel(BaseModel):
         """Mean over samples of each loss term; GT masks resized (nearest) to each map's size.
 
         The frozen features of all samples come from one batched pass; each sample's head and
-        loss are checkpointed when training with `checkpoint_head` (memory flat in len(data)).
+        loss are checkpointed when training with `checkpoint_head`, so that only the features
+        (in the LMM's dtype) are kept per sample until the backward.
         """
         totals: dict[str, torch.Tensor] = {}
-        for sample, features in zip(data, self.lmm.extract_batch(data)):
+        # The LMM's dtype (bf16 in training): the features are kept until the backward.
+        for sample, features in zip(data, self.lmm.extract_batch(data, dtype=None)):
             for k, v in self._sample_terms(features, sample).items():
                 totals[k] = totals.get(k, 0) + v / len(data)
         return totals

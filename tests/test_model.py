@@ -288,8 +288,8 @@ def test_checkpointed_graph_keeps_only_the_features(tiny_llava, batch):
     of its head; without it, every sample's head activations stay until the backward."""
     checkpointed, plain = _twin_models(tiny_llava, dict(type=HGHead))
     features = sum(
-        getattr(f, name).numel() * 4
-        for f in checkpointed.lmm.extract_batch(batch)
+        getattr(f, name).numel() * getattr(f, name).element_size()
+        for f in checkpointed.lmm.extract_batch(batch, dtype=None)
         for name in ("attn", "hidden", "vision", "pixel_values")
     )
     assert _saved_bytes(checkpointed, batch) == features

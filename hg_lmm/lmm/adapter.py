@@ -167,22 +167,25 @@ class FrozenLMMAdapter(nn.Module, ABC):
         input_ids: Sequence[torch.Tensor],
         pixel_values: torch.Tensor,
         queries: Sequence[torch.Tensor],
+        dtype: torch.dtype | None = torch.float32,
     ) -> list[FeatureTensors]:
         """`features` of B samples, with one vision pass and one decoder pass for all of them.
 
         Shapes: input_ids B x [T_b], pixel_values [B, 3, S, S], queries B x [R_b] -> per sample
-        (attn [L, H, R_b, g, g], hidden [L, R_b, D], vision [V, N, C]), float32. Sequences are
-        right-padded and masked, which leaves every real token's features as alone (causal
-        attention never looks right).
+        (attn [L, H, R_b, g, g], hidden [L, R_b, D], vision [V, N, C]) in `dtype` (None: the
+        LMM's own, half the size for a bf16 LMM and no less precise than its outputs).
+        Sequences are right-padded and masked, which leaves every real token's features as
+        alone (causal attention never looks right).
         """
         if not (len(input_ids) == len(queries) == len(pixel_values)):
             raise ValueError(
                 f"got {len(input_ids)} token sequences, {len(pixel_values)} images and "
                 f"{len(queries)} queries; pass one of each per sample"
             )
+        dtype = dtype or self.dtype
         if self.eager_features:
             return [
-                self._eager_features(ids, px, q)
+                tuple(t.to(dtype) for t in self._eager_features(ids, px, q))
                 for ids, px, q in zip(input_ids, pixel_values, queries)
             ]
         image_embeds, vision = self.encode_images(self._pixels(pixel_values))
@@ -208,9 +211,9 @@ class FrozenLMMAdapter(nn.Module, ABC):
         attn, hidden, g = capture.attn, capture.hidden, self.dims.grid
         return [
             (
-                attn[:, b, :, : len(r)].unflatten(-1, (g, g)).float(),
-                hidden[:, b, : len(r)].float(),
-                vision[b].float(),
+                attn[:, b, :, : len(r)].unflatten(-1, (g, g)).to(dtype),
+                hidden[:, b, : len(r)].to(dtype),
+                vision[b].to(dtype),
             )
             for b, r in enumerate(rows)
         ]
@@ -265,8 +268,11 @@ class FrozenLMMAdapter(nn.Module, ABC):
         """
         return self.extract_batch([sample])[0]
 
-    def extract_batch(self, samples: Sequence[dict[str, Any]]) -> list[LMMFeatures]:
-        """`extract` of several samples through one batched frozen forward (`features_batch`)."""
+    def extract_batch(
+        self, samples: Sequence[dict[str, Any]], dtype: torch.dtype | None = torch.float32
+    ) -> list[LMMFeatures]:
+        """`extract` of several samples through one batched frozen forward (`features_batch`);
+        attn, hidden and vision in `dtype` (None: the LMM's own)."""
         prepared = []
         for sample in samples:
             input_ids = torch.as_tensor(sample["input_ids"], dtype=torch.long)
@@ -285,7 +291,7 @@ class FrozenLMMAdapter(nn.Module, ABC):
         if not prepared:
             return []
         ids, mids, pixels, metas, queries = zip(*prepared)
-        tensors = self.features_batch(ids, torch.stack(pixels), queries)
+        tensors = self.features_batch(ids, torch.stack(pixels), queries, dtype)
         return [
             LMMFeatures(
                 attn=attn,

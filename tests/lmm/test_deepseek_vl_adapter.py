@@ -251,8 +251,16 @@ def test_builder_dtype_and_layer_overrides(built):
         model_path=save_dir, torch_dtype="bfloat16", vision_layers=layers, high_res_layers=layers
     )
     assert adapter.dtype == torch.bfloat16 and adapter.dims.vision_layers == layers
-    feats = adapter.extract(_sample(adapter))
+    sample = _sample(adapter)
+    feats = adapter.extract(sample)
     assert feats.attn.dtype == torch.float32 and feats.vision.shape[0] == len(layers)
+    # In the LMM's own dtype (what a training step keeps): the same values, rounded.
+    native = adapter.extract_batch([sample], dtype=None)[0]
+    assert {native.attn.dtype, native.hidden.dtype, native.vision.dtype} == {torch.bfloat16}
+    assert torch.equal(native.vision.float(), feats.vision)
+    assert torch.equal(native.hidden.float(), feats.hidden)
+    assert torch.allclose(native.attn.float(), feats.attn, rtol=1e-2, atol=1e-6)
+    assert native.pixel_values.dtype == torch.float32
 
 
 def test_bad_tokenizer(built, tmp_path):
