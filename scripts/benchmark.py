@@ -132,14 +132,16 @@ class Item:
     name: str
     run: Callable[[], Any]
     once: bool = False
-    times: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # wall seconds
+    cpu_times: list[float] = field(default_factory=list)  # process CPU seconds (CPU runs)
     peak: float | None = None  # MiB
     breakdowns: list[dict[str, float]] = field(default_factory=list)
 
 
 class StepTimer:
     """Splits a training step into vision, decoder, head forward, the rest of the forward, and
-    the backward, with hooks on the adapter's parts and the head (synchronising on GPU)."""
+    the backward (which includes the head's recomputation, also given alone), with hooks on the
+    adapter's parts and the head (synchronising on GPU)."""
 
     def __init__(self, model: GroundingModel, device: torch.device) -> None:
         self.model, self.device = model, device
@@ -148,8 +150,12 @@ class StepTimer:
         self._phase = "forward"
 
     def _clock(self) -> float:
-        _sync(self.device)
-        return time.perf_counter()
+        """Wall seconds on GPU; process CPU seconds on CPU (what other jobs on a shared machine
+        do not inflate)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return time.perf_counter()
+        return time.process_time()
 
     def _enter(self, key: str) -> None:
         self._start[key] = self._clock()
@@ -289,8 +295,10 @@ def build_items(adapter: Any, args: argparse.Namespace, device: torch.device) ->
 
     @torch.no_grad()
     def decoder_rows() -> Any:
-        with RowCapture(decoder, rows=rows, columns=embeds.image_positions[None]) as cap:
-            decoder(inputs_embeds=embeds.embeds, use_cache=False, return_dict=True)
+        with RowCapture(
+            decoder, rows=rows, columns=embeds.image_positions[None], release_cache=True
+        ) as cap:
+            decoder(inputs_embeds=embeds.embeds, use_cache=True, return_dict=True)
         return cap.attn, cap.hidden
 
     @torch.no_grad()
@@ -351,10 +359,12 @@ def time_items(items: list[Item], args: argparse.Namespace, device: torch.device
             if it.once and r > 0:
                 continue
             _sync(device)
-            tik = time.perf_counter()
+            tik, cpu = time.perf_counter(), time.process_time()
             it.run()
             _sync(device)
             it.times.append(time.perf_counter() - tik)
+            if device.type != "cuda":
+                it.cpu_times.append(time.process_time() - cpu)
             print(f"[repeat {r + 1}/{args.repeats}] {it.name}: {it.times[-1]:.3f} s", flush=True)
 
 
@@ -391,69 +401,84 @@ def peaks_in_subprocess(argv: list[str], out: Path) -> dict[str, float | None]:
 # --- report ---------------------------------------------------------------------------------
 
 
+def _stats(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"min": min(values), "median": statistics.median(values)}
+
+
 def summarise(items: list[Item], args: argparse.Namespace) -> dict[str, Any]:
-    by = {it.name: it for it in items}
+    """Per item: wall (and CPU) seconds, min and median over the repeats, the peak, the step
+    breakdown (min per part); then the ratios the targets are stated in."""
     out: dict[str, Any] = {}
     for it in items:
         entry: dict[str, Any] = {
-            "times_s": it.times,
-            "min_s": min(it.times) if it.times else None,
-            "median_s": statistics.median(it.times) if it.times else None,
+            "wall_s": _stats(it.times),
+            "cpu_s": _stats(it.cpu_times),
             "peak_mib": it.peak,
+            "times_s": it.times,
+            "cpu_times_s": it.cpu_times,
         }
         if it.breakdowns:
             keys = it.breakdowns[0].keys()
             entry["breakdown_min_s"] = {k: min(b[k] for b in it.breakdowns) for k in keys}
         out[it.name] = entry
 
-    def ratio(a: str, b: str, key: str = "min_s") -> float | None:
-        if a in by and b in by and out[a][key] is not None and out[b][key]:
-            return out[a][key] / out[b][key]
-        return None
+    def value(name: str, kind: str) -> float | None:
+        if name not in out:
+            return None
+        if kind == "peak_mib":
+            return out[name]["peak_mib"]
+        return out[name][kind]["min"] if out[name][kind] else None
 
-    def times(a: str, factor: float, b: str) -> float | None:
-        r = ratio(a, b)
-        return None if r is None else factor * r
+    def ratio(num: list[str], den: list[str], kind: str) -> float | None:
+        values = [value(n, kind) for n in num + den]
+        if any(v is None for v in values) or not sum(values[len(num) :]):
+            return None
+        return sum(values[: len(num)]) / sum(values[len(num) :])
 
     b = args.batch
+    time_ratios = {
+        "decoder_rows / decoder": (["decoder_rows"], ["decoder"]),
+        "features / (vision + decoder)": (["features"], ["vision", "decoder"]),
+        "features / features_eager": (["features"], ["features_eager"]),
+        "answer / generate": (["answer"], ["generate"]),
+        f"train_{b} / train_{b}_ref": ([f"train_{b}"], [f"train_{b}_ref"]),
+        f"{b} x features / frozen_{b}": (["features"] * b, [f"frozen_{b}"]),
+    }
+    peak_ratios = {
+        "features / features_eager": (["features"], ["features_eager"]),
+        "decoder_rows / decoder": (["decoder_rows"], ["decoder"]),
+        "answer / generate": (["answer"], ["generate"]),
+        f"train_{b} / train_1": ([f"train_{b}"], ["train_1"]),
+        f"train_{b}_ref / train_1_ref": ([f"train_{b}_ref"], ["train_1_ref"]),
+        f"train_{b} / train_{b}_ref": ([f"train_{b}"], [f"train_{b}_ref"]),
+    }
     ratios = {
-        "decoder_rows / decoder (time)": ratio("decoder_rows", "decoder"),
-        "features / (vision + decoder) (time)": _over_sum(
-            by, out, "features", ("vision", "decoder")
-        ),
-        "features / features_eager (time)": ratio("features", "features_eager"),
-        "features / features_eager (peak)": ratio("features", "features_eager", "peak_mib"),
-        "decoder_rows / decoder (peak)": ratio("decoder_rows", "decoder", "peak_mib"),
-        "answer / generate (time)": ratio("answer", "generate"),
-        "answer / generate (peak)": ratio("answer", "generate", "peak_mib"),
-        f"train_{b} / train_1 (peak)": ratio(f"train_{b}", "train_1", "peak_mib"),
-        f"train_{b}_ref / train_1_ref (peak)": ratio(f"train_{b}_ref", "train_1_ref", "peak_mib"),
-        f"train_{b} / train_{b}_ref (peak)": ratio(f"train_{b}", f"train_{b}_ref", "peak_mib"),
-        f"train_{b} / train_{b}_ref (time)": ratio(f"train_{b}", f"train_{b}_ref"),
-        f"{b} x features / frozen_{b} (time)": times("features", b, f"frozen_{b}"),
+        "time_wall": {k: ratio(*v, "wall_s") for k, v in time_ratios.items()},
+        "time_cpu": {k: ratio(*v, "cpu_s") for k, v in time_ratios.items()},
+        "peak": {k: ratio(*v, "peak_mib") for k, v in peak_ratios.items()},
     }
     return {"items": out, "ratios": ratios}
 
 
-def _over_sum(by: dict, out: dict, name: str, parts: tuple[str, ...]) -> float | None:
-    names = (name, *parts)
-    if any(n not in by or out[n]["min_s"] is None for n in names):
-        return None
-    return out[name]["min_s"] / sum(out[p]["min_s"] for p in parts)
-
-
 def print_table(report: dict[str, Any]) -> None:
-    print(f"\n{'item':<16} {'min s':>9} {'median s':>9} {'peak MiB':>9}")
+    def fmt(x: float | None, spec: str = ".3f") -> str:
+        return "-" if x is None else format(x, spec)
+
+    print(f"\n{'item':<16} {'wall min':>9} {'median':>9} {'cpu min':>9} {'peak MiB':>9}")
     for name, e in report["items"].items():
-        peak = "-" if e["peak_mib"] is None else f"{e['peak_mib']:.0f}"
-        mn = "-" if e["min_s"] is None else f"{e['min_s']:.3f}"
-        md = "-" if e["median_s"] is None else f"{e['median_s']:.3f}"
-        print(f"{name:<16} {mn:>9} {md:>9} {peak:>9}")
+        wall, cpu = e["wall_s"] or {}, e["cpu_s"] or {}
+        print(
+            f"{name:<16} {fmt(wall.get('min')):>9} {fmt(wall.get('median')):>9} "
+            f"{fmt(cpu.get('min')):>9} {fmt(e['peak_mib'], '.0f'):>9}"
+        )
         for k, v in e.get("breakdown_min_s", {}).items():
             print(f"  {k:<14} {v:>9.3f}")
-    print("\nratios")
-    for name, v in report["ratios"].items():
-        print(f"  {name:<44} {'-' if v is None else f'{v:.3f}'}")
+    for group, values in report["ratios"].items():
+        print(f"\nratios ({group})")
+        for name, v in values.items():
+            print(f"  {name:<36} {fmt(v)}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
@@ -468,6 +493,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--head-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=2, help="timing repeats (0: none)")
     parser.add_argument("--batch", type=int, default=4, help="B, samples of the larger step")
     parser.add_argument(
@@ -484,6 +510,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         parser.error("--batch must be at least 2 (it is compared with one sample)")
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     memory = PeakMemory(device)
     if args.memory_worker:
         memory.prepare()  # before anything large is allocated
@@ -518,6 +546,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "breakdown_clock": "wall" if device.type == "cuda" else "process CPU time",
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,
         "python": sys.version.split()[0],

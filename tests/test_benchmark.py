@@ -57,7 +57,8 @@ def test_tiny_run_reports_every_item(tmp_path):
     assert set(items) == expected
     for name, item in items.items():
         assert len(item["times_s"]) == (1 if name.endswith("_ref") else 2), name
-        assert item["min_s"] > 0 and item["peak_mib"] is not None
+        assert item["wall_s"]["min"] > 0 and item["cpu_s"]["min"] > 0, name
+        assert item["peak_mib"] is not None, name
     parts = items["train_2"]["breakdown_min_s"]
     assert set(parts) == {"vision", "decoder", "head_forward", "loss_and_rest", "backward",
                           "head_recompute"}  # fmt: skip
@@ -65,5 +66,7 @@ def test_tiny_run_reports_every_item(tmp_path):
         parts["head_recompute"] > 0
         and items["train_2_ref"]["breakdown_min_s"]["head_recompute"] == 0
     )
-    assert all(v is not None for v in report["ratios"].values()), report["ratios"]
+    assert set(report["ratios"]) == {"time_wall", "time_cpu", "peak"}
+    for group in report["ratios"].values():
+        assert group and all(v is not None for v in group.values()), report["ratios"]
     assert report["conditions"]["weights"] == "random" and "train_2" in run.stdout

@@ -201,11 +201,13 @@ class FrozenLMMAdapter(nn.Module, ABC):
             rows=_pad_right(rows)[0],  # shorter samples' padding rows read position 0
             columns=torch.stack([x.image_positions for x in inputs]),
             key_mask=key_mask if padded else None,
+            release_cache=True,
         ) as capture:
+            # The cache only hands the post-RoPE keys to the capture, layer by layer.
             decoder(
                 inputs_embeds=embeds,
                 attention_mask=key_mask.long() if padded else None,
-                use_cache=False,
+                use_cache=True,
                 return_dict=True,
             )
         attn, hidden, g = capture.attn, capture.hidden, self.dims.grid

@@ -8,13 +8,16 @@ O(L*H*T^2), and `output_hidden_states=True` keeps every position of every layer.
 `RowCapture` leaves the decoder's own attention (SDPA, flash or eager) untouched and records,
 with forward hooks on the public submodules of each `LlamaAttention` (transformers 4.39.1):
 
-- the query projection's output at the requested rows and, without a KV cache, the key
-  projection's output (so no projection is computed twice); RoPE is applied with the module's
-  own `rotary_emb` at the positions the module received;
-- with a KV cache, the post-RoPE keys that the cache holds once the module has run;
+- the query projection's output at the requested rows, with RoPE applied by the module's own
+  `rotary_emb` at the positions the module received;
+- the post-RoPE keys that the KV cache holds once the module has run (a teacher-forced pass runs
+  with `use_cache=True` for this and `release_cache=True` empties each layer's entry as soon as
+  its rows are taken, so only one layer's keys are alive); without a cache, the key
+  projection's output, rotated the same way (no projection is computed twice);
 
-then computes softmax(q k^T / sqrt(d)) of those rows over *all* keys (causal and padding-masked,
-in float32, as the eager attention does), and keeps the image columns only. Hidden states come
+then computes softmax(q k^T / sqrt(d)) of those rows over *all* keys, causal and
+padding-masked, as the eager attention does (the product in the model's dtype, the softmax in
+float32), and keeps the image columns only. Hidden states come
 from hooks on the decoder layers and on the final norm: HF's `hidden_states[1:]`, whose last
 entry is taken after the norm.
 """
@@ -66,6 +69,9 @@ class RowCapture:
       from_position: instead of `rows`, record every query at a position >= this, across all
         forwards inside the block (KV-cache generation; every batch row shares positions).
       key_mask: optional [B, T] bool, False at padding keys (right padding).
+      release_cache: empty each layer's KV-cache entry once its rows are computed (for a
+        teacher-forced forward run with `use_cache=True` only to read the post-RoPE keys; the
+        cache is then of no further use).
 
     After the block, `attn` is [L, B, H, R, N] float32 (softmax over all keys, then the
     `columns`), `hidden` is [L, B, R, D] in the decoder's dtype, and `num_rows` is R.
@@ -80,6 +86,7 @@ class RowCapture:
         rows: torch.Tensor | None = None,
         from_position: int | None = None,
         key_mask: torch.Tensor | None = None,
+        release_cache: bool = False,
     ) -> None:
         if (rows is None) == (from_position is None):
             raise ValueError("pass exactly one of rows= (teacher forcing) or from_position=")
@@ -96,6 +103,7 @@ class RowCapture:
         self.rows = rows
         self.from_position = from_position
         self.key_mask = key_mask
+        self.release_cache = release_cache
         self._attn: list[list[torch.Tensor]] = [[] for _ in layers]
         self._hidden: list[list[torch.Tensor]] = [[] for _ in layers]
         self._call: _Call | None = None
@@ -144,7 +152,8 @@ class RowCapture:
     def _select(self, cache_position: torch.Tensor, batch: int) -> torch.Tensor | None:
         """Indices into this chunk of the rows to record, [B, R], or None for none."""
         if self.rows is not None:
-            if int(cache_position[0]) != 0 or int(self.rows.max()) >= len(cache_position):
+            last = int(self.rows.max()) if self.rows.numel() else -1
+            if int(cache_position[0]) != 0 or last >= len(cache_position):
                 raise RuntimeError(
                     "RowCapture(rows=...) records one full forward from position 0; use "
                     "from_position= with a KV cache"
@@ -201,16 +210,20 @@ class RowCapture:
         )
         if call.cache is not None:
             keys = call.cache[module.layer_idx][0]
+            if self.release_cache:  # transformers 4.39's DynamicCache: per-layer lists
+                call.cache.key_cache[module.layer_idx] = keys.new_empty(0)
+                call.cache.value_cache[module.layer_idx] = keys.new_empty(0)
         else:
             keys = call.k.view(batch, -1, module.num_key_value_heads, head_dim).transpose(1, 2)
             keys, _ = apply_rotary_pos_emb(keys, keys, cos, sin)
         keys = repeat_kv(keys, module.num_key_value_groups)
-        scores = torch.matmul(q.float(), keys.float().transpose(2, 3)) / math.sqrt(head_dim)
+        scores = torch.matmul(q, keys.transpose(2, 3)) / math.sqrt(head_dim)
         key_pos = torch.arange(keys.shape[2], device=keys.device)
         allowed = key_pos[None, None, :] <= call.query_positions[:, :, None]  # causal, [B, R, K]
         if self.key_mask is not None:
             allowed = allowed & self.key_mask[:, None, : keys.shape[2]].to(allowed.device)
-        probs = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(dim=-1)
+        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+        probs = scores.softmax(dim=-1, dtype=torch.float32)
         columns = self.columns.to(probs.device)[:, None, None, :]
         self._attn[index].append(probs.gather(-1, columns.expand(-1, heads, num_rows, -1)))
 

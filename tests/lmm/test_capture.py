@@ -151,6 +151,20 @@ def test_padded_batch_with_grouped_query_attention(llama):
         assert _close(cap.hidden[:, b], hidden[:, b, rows[b]])
 
 
+def test_keys_from_a_released_cache_equal_keys_from_the_projection(llama):
+    """A teacher-forced pass may hand the post-RoPE keys over through its KV cache, which the
+    capture empties layer by layer; the rows are those of the cache-free pass."""
+    embeds = torch.randn(1, 9, 32)
+    rows, columns = torch.tensor([[4, 6, 8]]), torch.tensor([[0, 1, 2]])
+    with torch.no_grad():
+        with RowCapture(llama, rows=rows, columns=columns) as plain:
+            llama(inputs_embeds=embeds, use_cache=False)
+        with RowCapture(llama, rows=rows, columns=columns, release_cache=True) as cached:
+            past = llama(inputs_embeds=embeds, use_cache=True).past_key_values
+    assert all(k.numel() == 0 and v.numel() == 0 for k, v in past)
+    assert _close(cached.attn, plain.attn) and torch.equal(cached.hidden, plain.hidden)
+
+
 def test_kv_cache_steps_equal_one_full_forward(llama):
     """Rows recorded one token at a time from the cache equal those of one full forward."""
     embeds = torch.randn(1, 10, 32)
