@@ -1,7 +1,7 @@
 # Every target sets up .venv/ first (a fast no-op once it is complete).
 PY := .venv/bin/python
 
-.PHONY: setup test test-fast lint demo
+.PHONY: setup test test-fast lint demo train
 
 setup:
 	bash scripts/setup_env.sh
@@ -21,3 +21,10 @@ test-fast: setup
 # The main job on its built-in default: toy data, untrained vs trained tiny HG model (CPU).
 demo: setup
 	$(PY) scripts/demo.py
+
+# Training that exits non-zero when it fails (`xtuner train` exits 0 either way), e.g.
+#   make train CONFIG=configs/tiny/hg_tiny_llava_toy.py ARGS="--work-dir work_dirs/tiny"
+#   NPROC_PER_NODE=8 make train CONFIG=configs/... ARGS="--deepspeed deepspeed_zero2"
+CONFIG ?= configs/tiny/hg_tiny_llava_toy.py
+train: setup
+	$(PY) scripts/train.py $(CONFIG) $(ARGS)

@@ -89,7 +89,8 @@ class GroundingModel(BaseModel):
 
     Modes of `forward(data, data_samples=None, mode=...)` with `data` a list of samples:
       "loss": {"loss_mask", "loss_dice" (+ "sam_*" for family B), "accuracy", "miou"}.
-      "predict": per sample {"logits" [n, H, W] at the original size, "masks" bool [n, H, W]}.
+      "predict": per sample {"logits" [n, H, W] at the original size, "masks" bool [n, H, W]
+        (sigmoid, then resize, then threshold: `final_masks`)}.
       "tensor": per sample the final logits [n, H, W].
     """
 
@@ -139,6 +140,15 @@ class GroundingModel(BaseModel):
         """The last map, resized (bilinear) to the original image size: [n, H, W]."""
         return resize_masks(list(maps.values())[-1], image_hw, "bilinear")
 
+    def final_masks(
+        self, maps: dict[str, torch.Tensor], image_hw: Sequence[int], threshold: float
+    ) -> torch.Tensor:
+        """bool [n, H, W]: sigmoid of the last map, resized (bilinear) to the original size, then
+        `> threshold`. This is the references' order (F-LMM's and HG-LMM's eval scripts); resizing
+        the logits before the sigmoid gives slightly different masks (docs/architecture.md)."""
+        probs = list(maps.values())[-1].float().sigmoid()
+        return resize_masks(probs, image_hw, "bilinear") > threshold
+
     @staticmethod
     def _image_hw(sample: Mapping[str, Any]) -> tuple[int, int]:
         if "image" in sample:
@@ -182,6 +192,10 @@ class GroundingModel(BaseModel):
     ) -> dict[str, torch.Tensor]:
         """Loss terms and metrics of one sample (scalars)."""
         gt = torch.as_tensor(sample["masks"], device=features.attn.device)
+        # As the references: GT resized (nearest) to the processor's image size first, then to
+        # each map (a no-op for the HG head; the U-Net grid crop and SAM's original size for
+        # family B).
+        gt = resize_masks(gt.float(), self._meta_hw(features.meta), "nearest")
         image = self._head_image(sample)
 
         def terms_of(*tensors: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -195,7 +209,7 @@ class GroundingModel(BaseModel):
                 )
             terms: dict[str, torch.Tensor] = {}
             for prefix, logits in maps.items():
-                target = resize_masks(gt.float(), logits.shape[-2:], "nearest")
+                target = resize_masks(gt, logits.shape[-2:], "nearest")
                 terms.update(self.loss(logits, target, prefix=prefix))
                 terms.update(mask_metrics(logits, target, prefix=prefix))
             return terms
@@ -217,8 +231,9 @@ class GroundingModel(BaseModel):
         """Per sample: logits and thresholded masks at the original image size."""
         out = []
         for sample, features in zip(data, self.lmm.extract_batch(data)):
-            logits = self.final_logits(self.head_logits(features, sample), self._image_hw(sample))
-            out.append({"logits": logits, "masks": logits.sigmoid() > self.threshold})
+            maps, hw = self.head_logits(features, sample), self._image_hw(sample)
+            logits = self.final_logits(maps, hw)
+            out.append({"logits": logits, "masks": self.final_masks(maps, hw, self.threshold)})
         return out
 
     @torch.no_grad()
@@ -253,8 +268,7 @@ class GroundingModel(BaseModel):
         sample = {"image": image} if image is not None else {}
         maps = self.head_logits(features, sample)
         hw = (image.size[1], image.size[0]) if image is not None else self._meta_hw(f.meta)
-        logits = self.final_logits(maps, hw)
-        return logits.sigmoid() > (self.threshold if threshold is None else threshold)
+        return self.final_masks(maps, hw, self.threshold if threshold is None else threshold)
 
     @staticmethod
     def _meta_hw(meta: Mapping[str, Any]) -> tuple[int, int]:

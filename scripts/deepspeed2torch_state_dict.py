@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from hg_lmm.utils.checkpoint import CheckpointError, deepspeed_model_file, read_state_dict
+from hg_lmm.utils.files import atomic_open
 
 
 def _master_weights(folder: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -73,11 +74,9 @@ def convert(
     state = read_state_dict(src, unsafe=unsafe)
     if master_weights:
         state = _master_weights(src, state)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
     meta = {"source": str(src), "weights": "fp32 master" if master_weights else "engine module"}
-    torch.save({"state_dict": state, "meta": meta}, tmp)
-    os.replace(tmp, dst)
+    with atomic_open(dst, "wb") as handle:
+        torch.save({"state_dict": state, "meta": meta}, handle)
     return state
 
 

@@ -15,6 +15,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = str(REPO / "configs" / "tiny" / "hg_tiny_llava_toy.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -70,3 +72,22 @@ def toy_root(tmp_path_factory) -> str:
 def tiny_dir(tmp_path_factory) -> Path:
     """A folder for cached tiny LMMs (`hg_lmm.testing` builds them there on first use)."""
     return tmp_path_factory.mktemp("tiny_lmms")
+
+
+@pytest.fixture(scope="session")
+def golden_checkpoint(tmp_path_factory) -> str:
+    """The tiny config's model with the RNG-free golden weights in its head (varied masks)."""
+    from mmengine.config import Config
+
+    from hg_lmm.testing.golden import golden_state_dict
+    from hg_lmm.utils.build import build
+    from hg_lmm.utils.checkpoint import load_state, save_checkpoint, trainable_state_dict
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO)  # the config caches the tiny LMM below work_dirs/ of the repo
+        model = build(Config.fromfile(TINY_CONFIG).model)
+    shapes = {k: v.shape for k, v in trainable_state_dict(model).items()}
+    load_state(model, golden_state_dict(shapes))
+    path = tmp_path_factory.mktemp("ckpt") / "golden.pth"
+    save_checkpoint(model, path)
+    return str(path)

@@ -7,7 +7,8 @@ mmengine's launcher cannot start DeepSpeed on CPU (it calls torch.cuda.set_devic
 - the model is checked in bf16, the dtype DeepSpeed's engine casts the whole module to when the
   DeepSpeed config enables bf16 (xtuner's "auto" does on bf16-capable GPUs);
 - (slow) a real ZeRO-2 engine runs on CPU (gloo, in a subprocess): two steps of a released config
-  with a tiny LMM, a checkpoint folder, its conversion and a strict load.
+  with a tiny LMM, a checkpoint folder (carrying the RNG states in its message hub), its
+  conversion and a strict load.
 """
 
 from __future__ import annotations
@@ -232,10 +233,19 @@ for _ in range(2):
     losses.append(float(log_vars["loss"]))
 hub = MessageHub.get_instance("ds_cpu")
 hub.update_scalar("train/loss", losses[-1])
+# What RNGStateHook adds before a save; FlexibleRunner.resume loads the hub back.
+from hg_lmm.utils.checkpoint import deepspeed_model_file
+from hg_lmm.utils.hooks import RNG_STATES_KEY
+from hg_lmm.utils.rng import rng_state, set_rng_state
+hub.update_info(RNG_STATES_KEY, [rng_state()])
+after_save = torch.rand(4)
 # As FlexibleRunner.save_checkpoint calls it.
 folder = work / "iter_2.pth"
 strategy.save_checkpoint(str(folder), extra_ckpt={"meta": {"epoch": 0, "iter": 2},
                                                   "message_hub": hub.state_dict()})
+client = torch.load(deepspeed_model_file(folder), map_location="cpu", weights_only=False)
+set_rng_state(client["message_hub"]["runtime_info"][RNG_STATES_KEY][0])
+rng_restored = torch.equal(torch.rand(4), after_save)
 
 convert = runpy.run_path(os.path.join(root, "scripts", "deepspeed2torch_state_dict.py"))["convert"]
 module = convert(folder, work / "head.pth", unsafe=True)
@@ -255,6 +265,7 @@ print(json.dumps({
                         if v.is_floating_point()),
     "lmm_unchanged": all(torch.equal(v, lmm0[k]) for k, v in model.lmm.state_dict().items()),
     "strict_load": not report.missing and not report.unexpected,
+    "rng_restored": rng_restored,
     "loaded_equals_master": all(torch.equal(v, master[k].to(v.dtype))
                                 for k, v in fresh.state_dict().items() if k in master),
 }))
@@ -293,5 +304,6 @@ def test_zero2_engine_trains_saves_and_converts(tmp_path, tiny_dir, toy_root):
         "lmm_unchanged",
         "strict_load",
         "loaded_equals_master",
+        "rng_restored",
     ):
         assert result[check], (check, result)

@@ -10,7 +10,6 @@ Score the predictions with `python GCG_val/gcg_code/gcg_evaluate.py --split <spl
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from hg_lmm.evaluation import gcg
@@ -18,29 +17,32 @@ from hg_lmm.evaluation.benchmarks import gcg_dataset
 from hg_lmm.evaluation.grounding import caption_and_ground
 from hg_lmm.evaluation.phrases import load_spacy
 from hg_lmm.evaluation.rle import write_json_atomic
-from hg_lmm.evaluation.runner import EvalRunner, eval_arg_parser
+from hg_lmm.evaluation.runner import EvalRunner, check_output_dir, eval_arg_parser, positive_int
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = eval_arg_parser(__doc__)
     parser.add_argument("--split", default="val", choices=["val", "test"])
     parser.add_argument("--output-dir", help="default work_dirs/gcg_result/<split>")
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=1024)
     parser.add_argument(
-        "--max-images", type=int, help="caption at most N new images per process, then stop"
+        "--max-images",
+        type=positive_int,
+        help="caption at most N new images per process, then stop",
     )
     parser.add_argument("--overwrite", action="store_true", help="discard earlier predictions")
     args = parser.parse_args(argv)
     out_dir = args.output_dir or gcg.default_prediction_dir(args.split)
 
+    check_output_dir(out_dir, "--output-dir")  # before the model loads: fail fast
     runner = EvalRunner(args, "gcg_infer")
-    manifest = {
-        "config": os.path.abspath(args.config),
-        "checkpoint": os.path.abspath(args.checkpoint),
-        "split": args.split,
-        "instruction": gcg.GCG_INSTRUCTION,
-        "max_new_tokens": args.max_new_tokens,
-    }
+    manifest = gcg.run_manifest(
+        args.config,
+        args.checkpoint,
+        split=args.split,
+        instruction=gcg.GCG_INSTRUCTION,
+        max_new_tokens=args.max_new_tokens,
+    )
     gcg.check_manifest(out_dir, manifest, overwrite=args.overwrite, write=runner.is_main)
     runner.accelerator.wait_for_everyone()
     nlp, done = load_spacy(), []

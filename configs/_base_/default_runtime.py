@@ -1,14 +1,14 @@
 # Runtime pieces shared by every config. `work_dir` is not set here: pass `--work-dir` on the CLI
 # (xtuner/mmengine default to ./work_dirs/<config name>).
-from mmengine.hooks import (
-    CheckpointHook,
-    DistSamplerSeedHook,
-    IterTimerHook,
-    LoggerHook,
-    ParamSchedulerHook,
-)
+from mmengine.hooks import DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 
-from hg_lmm.utils.hooks import ProgressHook, WeightsOnlyCheckpointHook
+from hg_lmm.utils.hooks import (
+    AtomicCheckpointHook,
+    DataReportHook,
+    ProgressHook,
+    RNGStateHook,
+    WeightsOnlyCheckpointHook,
+)
 
 save_steps = 500
 save_total_limit = 2
@@ -17,14 +17,25 @@ default_hooks = dict(
     timer=dict(type=IterTimerHook),
     logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=10),
     param_scheduler=dict(type=ParamSchedulerHook),
+    # Checkpoint files are written atomically (a kill mid-save leaves the previous ones intact).
     checkpoint=dict(
-        type=CheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit
+        type=AtomicCheckpointHook,
+        by_epoch=False,
+        interval=save_steps,
+        max_keep_ckpts=save_total_limit,
     ),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 
-# A progress bar + learning curve, and checkpoints that load weights-only (resume under torch 2.6+).
-custom_hooks = [dict(type=ProgressHook, interval=10), dict(type=WeightsOnlyCheckpointHook)]
+# A progress bar + learning curve; checkpoints that load weights-only (resume under torch 2.6+)
+# and carry every rank's RNG states (a resumed run is bit-identical); one warning per bad
+# training sample or dropped phrase, and a summary with counts at the end.
+custom_hooks = [
+    dict(type=ProgressHook, interval=10),
+    dict(type=WeightsOnlyCheckpointHook),
+    dict(type=RNGStateHook),
+    dict(type=DataReportHook),
+]
 
 env_cfg = dict(
     cudnn_benchmark=False,

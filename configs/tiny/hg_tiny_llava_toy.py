@@ -87,7 +87,7 @@ param_scheduler = [
 train_cfg = dict(type=EpochsAsItersTrainLoop, max_epochs=max_epochs)
 default_hooks.update(
     logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=5),
-    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=50, max_keep_ckpts=2),
+    checkpoint=dict(type=AtomicCheckpointHook, by_epoch=False, interval=50, max_keep_ckpts=2),
 )
 env_cfg = dict(
     cudnn_benchmark=False,

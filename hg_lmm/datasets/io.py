@@ -49,7 +49,9 @@ def load_json(path: str, *, what: str = "annotation file") -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AnnotationError(f"{what} {path} is not valid json ({e}); re-download it.") from e
+        raise AnnotationError(
+            f"{what} {path} is not valid json ({e}); it is truncated or damaged: re-download it."
+        ) from e
 
 
 def load_pickle(path: str, *, what: str = "pickle file") -> Any:
@@ -57,8 +59,12 @@ def load_pickle(path: str, *, what: str = "pickle file") -> Any:
     try:
         with open(path, "rb") as f:
             return pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise AnnotationError(f"{what} {path} cannot be unpickled ({e}); re-download it.") from e
+    except Exception as e:  # a damaged pickle can fail with almost any error
+        reason = str(e) or type(e).__name__
+        raise AnnotationError(
+            f"{what} {path} is not a readable pickle ({type(e).__name__}: {reason}); it is "
+            "truncated or another kind of file: re-download it."
+        ) from e
 
 
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:

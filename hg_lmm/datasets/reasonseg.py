@@ -122,6 +122,20 @@ class ReasonSegDataset(Dataset):
         self.images = sorted(glob.glob(os.path.join(root, "*.jpg")))
         if not self.images:
             raise MissingFileError(f"no *.jpg images in ReasonSeg folder {root}.")
+        # A json without its image would otherwise be left out of the metrics without a word.
+        stems = {path[: -len(".jpg")] for path in self.images}
+        orphans = sorted(
+            path
+            for path in glob.glob(os.path.join(root, "*.json"))
+            if path[: -len(".json")] not in stems
+        )
+        if orphans:
+            shown = ", ".join(os.path.basename(p) for p in orphans[:5])
+            raise MissingFileError(
+                f"{len(orphans)} ReasonSeg annotation(s) in {root} have no image ({shown}"
+                f"{' ...' if len(orphans) > 5 else ''}; each needs the .jpg of the same name). "
+                "Re-extract the split, or remove the json files of images you left out."
+            )
 
     def __len__(self) -> int:
         return len(self.images)

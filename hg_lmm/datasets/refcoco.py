@@ -32,6 +32,34 @@ def _require_mmdet() -> Any:
     return MMRefCocoDataset, LoadAnnotations
 
 
+_REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences")
+
+
+def _check_files(ann_path: str, refs_path: str, cause: Exception) -> None:
+    """Raise a named AnnotationError if either file is damaged or not in the refer format (only
+    called after mmdet failed, so reading them again costs nothing that matters)."""
+    instances = load_json(ann_path, what="RefCOCO instances json")
+    if not isinstance(instances, dict) or not all(
+        isinstance(instances.get(k), list) for k in ("images", "annotations")
+    ):
+        raise AnnotationError(
+            f"{ann_path} is not a COCO instances json (it needs 'images' and 'annotations' "
+            f"lists; got {type(instances).__name__}). Use the instances.json of the refer data."
+        ) from cause
+    refs = load_pickle(refs_path, what="RefCOCO refs pickle")
+    if not isinstance(refs, list):
+        raise AnnotationError(
+            f"{refs_path} holds a pickled {type(refs).__name__}, not the list of refs of the refer "
+            "format; use the refs(unc).p / refs(umd).p shipped with the data (data/README.md)."
+        ) from cause
+    bad = next((r for r in refs if not isinstance(r, dict) or not set(_REF_KEYS) <= set(r)), None)
+    if bad is not None:
+        raise AnnotationError(
+            f"{refs_path}: a ref is {str(bad)[:80]!r}; every ref needs {list(_REF_KEYS)} (the "
+            "refer format). Use the refs file shipped with the data (data/README.md)."
+        ) from cause
+
+
 def _explain_dangling(ann_path: str, refs_path: str) -> str:
     """Name the refs that point nowhere (only called after mmdet failed, so cost is irrelevant)."""
     instances = load_json(ann_path, what="RefCOCO instances json")
@@ -99,10 +127,14 @@ class RefCocoDataset(Dataset):
                 text_mode=text_mode,
                 pipeline=[],
             )
-        except KeyError as e:
-            raise DanglingAnnotationError(_explain_dangling(self.ann_path, self.refs_path)) from e
-        except ValueError as e:
-            if "No sample in split" not in str(e):
+        except Exception as e:
+            # mmdet fails with a bare traceback on a damaged file; name the file and the problem.
+            _check_files(self.ann_path, self.refs_path, e)
+            if isinstance(e, KeyError):
+                raise DanglingAnnotationError(
+                    _explain_dangling(self.ann_path, self.refs_path)
+                ) from e
+            if not isinstance(e, ValueError) or "No sample in split" not in str(e):
                 raise
             splits = sorted({r["split"] for r in load_pickle(self.refs_path)})
             raise AnnotationError(

@@ -5,7 +5,7 @@ or big) over two stuff regions, "sky" on top and "grass" below, on a plain or no
 The colour and shape words of every phrase determine its mask, so a head can learn the task.
 
 `make_toy_data(out_dir, ToyConfig(seed=0))` writes, deterministically from the seed, the same tree
-as the real data (ORIGINAL_README.md), below `out_dir`:
+as the real data (data/README.md), below `out_dir`:
 
     coco/annotations/panoptic_{train,val}2017.json + panoptic_{train,val}2017/*.png
     coco/annotations/png_coco_{train,val}2017.json

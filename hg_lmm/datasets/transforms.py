@@ -1,4 +1,4 @@
-"""Caption pieces -> token ids and per-token mask ids (ARCHITECTURE.md section 4).
+"""Caption pieces -> token ids and per-token mask ids (docs/architecture.md, "Preprocessing").
 
 The prompt is encoded once, with special tokens (BOS), and its tokens get mask_id -1. Each piece
 is then encoded on its own, without special tokens, and the lists are concatenated: the caption is
@@ -14,14 +14,18 @@ The prompt text comes from the LMM adapter, so datasets stay LMM-agnostic:
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from hg_lmm.datasets.errors import EmptyPieceError
+from hg_lmm.datasets.errors import AnnotationError, EmptyPieceError
+from hg_lmm.datasets.report import DataNote, attach_note, in_worker
 from hg_lmm.datasets.sample import GroundingSample, Piece
 from hg_lmm.utils.build import build
+
+logger = logging.getLogger(__name__)
 
 
 def _period_token(tokenizer: Any) -> int:
@@ -89,19 +93,75 @@ class TokenizePieces:
     Arguments:
       tokenizer: the LMM's tokenizer.
       prompt: the LMM's training prompt (see the module docstring); encoded once, here.
+      drop_ungroundable: the training policy for phrases that cannot be learnt from. A phrase
+        whose ground-truth mask is empty (nothing to segment: a degenerate polygon) or whose text
+        encodes to no token (nothing to ground it on) is dropped: its text stays in the caption as
+        an unmasked piece, its mask is removed, and the rest of the image still trains. Each drop
+        is reported once (a `DataNote`, see `hg_lmm.datasets.report`) and counted in the training
+        summary; a sample left without any phrase raises a DatasetError, which `SkipBadSamples`
+        turns into a skip. With False (evaluation: every phrase is scored) nothing is dropped and
+        an empty phrase raises `EmptyPieceError`.
     """
 
-    def __init__(self, *, tokenizer: Any, prompt: str) -> None:
+    def __init__(self, *, tokenizer: Any, prompt: str, drop_ungroundable: bool = True) -> None:
         # A config dict (xtuner style, e.g. dict(type=AutoTokenizer.from_pretrained, ...)) too.
         tokenizer = build(tokenizer)
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.prompt_ids = tokenizer.encode(prompt, add_special_tokens=True)
+        self.drop_ungroundable = drop_ungroundable
+        self._reported: set[str] = set()
 
     def __call__(self, sample: GroundingSample) -> GroundingSample:
+        if self.drop_ungroundable:
+            sample = self._drop_ungroundable(sample)
         input_ids, mask_ids, prompt_len = encode_pieces(
             self.tokenizer, self.prompt_ids, sample.pieces, source=sample.source
         )
         return dataclasses.replace(
             sample, input_ids=input_ids, mask_ids=mask_ids, prompt_len=prompt_len
         )
+
+    def _drop_ungroundable(self, sample: GroundingSample) -> GroundingSample:
+        reasons: dict[int, tuple[str, str]] = {}
+        for k in range(sample.num_masks):
+            if not bool(sample.masks[k].any()):
+                reasons[k] = ("empty_mask", "its ground-truth mask is empty")
+        for piece in sample.pieces:
+            if piece.mask_id >= 0 and piece.mask_id not in reasons:
+                if not self.tokenizer.encode(piece.text, add_special_tokens=False):
+                    reasons[piece.mask_id] = ("dropped_phrase", "it encodes to no token")
+        if not reasons:
+            return sample
+        keep = [k for k in range(sample.num_masks) if k not in reasons]
+        texts = {p.mask_id: p.text for p in sample.pieces if p.mask_id >= 0}
+        notes = []
+        for k, (kind, why) in sorted(reasons.items()):
+            key = f"{sample.source}, mask {k}"
+            message = f"{sample.source}: dropped phrase {k} {texts.get(k, '')!r}: {why}"
+            log = key not in self._reported and not in_worker()
+            if log:
+                self._reported.add(key)
+                logger.warning("%s (the rest of the sample still trains)", message)
+            notes.append(DataNote(kind, key, message, logged=log))
+        if not keep:
+            only_text = all(kind == "dropped_phrase" for kind, _ in reasons.values())
+            error = EmptyPieceError if only_text else AnnotationError
+            dropped = "; ".join(f"phrase {k}: {why}" for k, (_, why) in sorted(reasons.items()))
+            raise error(
+                f"{sample.source}: no phrase left to train on ({dropped}); fix the annotation "
+                "or drop this sample"
+            )
+        new_id = {old: new for new, old in enumerate(keep)}
+        pieces = [dataclasses.replace(p, mask_id=new_id.get(p.mask_id, -1)) for p in sample.pieces]
+        out = dataclasses.replace(
+            sample,
+            pieces=pieces,
+            masks=sample.masks[keep],
+            plural=[sample.plural[k] for k in keep],
+            isthing=[sample.isthing[k] for k in keep],
+            extra=dict(sample.extra),
+        )
+        for note in notes:
+            attach_note(out, note)
+        return out

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from hg_lmm.evaluation.metrics import (
+    EMPTY_TARGET,
     IGNORE_INDEX,
     MaskRecord,
     mask_intersection_union,
@@ -120,14 +121,25 @@ def _records(
     out = []
     for k in range(gt.shape[0]):
         intersection, union = mask_intersection_union(pred[k], gt[k])
-        out.append(MaskRecord(f"{key}/{k}", intersection, union, dict(meta[k]) if meta else {}))
+        tags = dict(meta[k]) if meta else {}
+        if not bool(gt[k].any()):
+            tags[EMPTY_TARGET] = True
+        out.append(MaskRecord(f"{key}/{k}", intersection, union, tags))
     return out
 
 
-def png_records(model: Any, key: Any, sample: Any) -> list[MaskRecord]:
+def png_records(
+    model: Any, key: Any, sample: Any, *, vis: Callable | None = None
+) -> list[MaskRecord]:
     """Score one tokenized PNG narrative: one record per grounded utterance, tagged with
-    `isthing`, `plural` and `pixels` (the mask's pixel count, for pixel accuracy)."""
+    `isthing`, `plural` and `pixels` (the mask's pixel count, for pixel accuracy).
+
+    `vis`, when given, is called as `vis(image, pred, target, labels, title=...)` with the
+    sample's [n, H, W] masks (`EvalRunner.vis_writer`); likewise in the other scoring functions.
+    """
     (pred,) = _predict_masks(model, [sample])
+    if vis is not None:
+        vis(sample.image, pred, sample.masks, sample.phrases, title=sample.source)
     pixels = int(sample.masks.shape[-2] * sample.masks.shape[-1])
     meta = [
         {"isthing": bool(t), "plural": bool(p), "pixels": pixels}
@@ -137,7 +149,13 @@ def png_records(model: Any, key: Any, sample: Any) -> list[MaskRecord]:
 
 
 def refseg_records(
-    model: Any, key: Any, sample: Any, *, tokenize: Callable, concat: bool
+    model: Any,
+    key: Any,
+    sample: Any,
+    *,
+    tokenize: Callable,
+    concat: bool,
+    vis: Callable | None = None,
 ) -> list[MaskRecord]:
     """Score one RefCOCO image (an untokenized `GroundingSample`): one record per expression.
 
@@ -148,7 +166,15 @@ def refseg_records(
     """
     if concat:
         (pred,) = _predict_masks(model, [tokenize(sample)])
-        return _records(key, pred, sample.masks)
+    else:
+        pred = _predict_singles(model, sample, tokenize)
+    if vis is not None:
+        vis(sample.image, pred, sample.masks, sample.phrases, title=sample.source)
+    return _records(key, pred, sample.masks)
+
+
+def _predict_singles(model: Any, sample: Any, tokenize: Callable) -> torch.Tensor:
+    """[n, H, W] masks of a RefCOCO image, each expression in its own forward pass."""
     singles = []
     for k, phrase in enumerate(sample.phrases):
         piece = dataclasses.replace(_piece_of(sample, k), mask_id=0)
@@ -164,8 +190,7 @@ def refseg_records(
                 )
             )
         )
-    pred = torch.cat(_predict_masks(model, singles)) if singles else sample.masks[:0]
-    return _records(key, pred, sample.masks)
+    return torch.cat(_predict_masks(model, singles)) if singles else sample.masks[:0]
 
 
 def _piece_of(sample: Any, mask_id: int) -> Any:
@@ -181,7 +206,13 @@ def reasonseg_question(question: str) -> str:
 
 
 def reasonseg_record(
-    model: Any, key: Any, sample: Any, *, max_new_tokens: int, threshold: float
+    model: Any,
+    key: Any,
+    sample: Any,
+    *,
+    max_new_tokens: int,
+    threshold: float,
+    vis: Callable | None = None,
 ) -> MaskRecord:
     """Answer the first question of one ReasonSeg image, ground the whole answer, score it
     against the target with the ignore region left out."""
@@ -201,8 +232,14 @@ def reasonseg_record(
             f"{sample.image_path}: predicted mask {tuple(pred.shape)} vs target "
             f"{tuple(target.shape)}"
         )
+    if vis is not None:
+        answer = grounded.text or "(empty answer)"
+        vis(sample.image, pred[None], sample.target[None], [answer], title=sample.questions[0])
     intersection, union = mask_intersection_union(pred, target, ignore_index=IGNORE_INDEX)
-    return MaskRecord(str(key), intersection, union, {"answer": grounded.text})
+    tags: dict[str, Any] = {"answer": grounded.text}
+    if not bool((target == 1).any()):
+        tags[EMPTY_TARGET] = True
+    return MaskRecord(str(key), intersection, union, tags)
 
 
 # --------------------------------------------------------------------------------------------

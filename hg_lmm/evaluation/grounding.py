@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -97,11 +97,13 @@ class GroundedAnswer:
       text: the answer.
       phrases: the grounded phrases (their texts), in answer order.
       masks: [n, H, W] bool masks at the original image size, `masks[k]` for `phrases[k]`.
+      spans: n character spans `(start, end)` of the phrases in `text` (empty when not recorded).
     """
 
     text: str
     phrases: list[str]
     masks: torch.Tensor
+    spans: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _empty_masks(image: Any) -> torch.Tensor:
@@ -151,7 +153,8 @@ def caption_and_ground(
         return GroundedAnswer(answer.text, [], _empty_masks(image))
     ids = phrase_token_ids(phrases, token_char_offsets(model.lmm.tokenizer, answer.token_ids))
     masks = model.ground(ids, answer, image, threshold=threshold).cpu()
-    return GroundedAnswer(answer.text, [p.text for p in phrases], masks)
+    spans = [(p.start, p.end) for p in phrases]
+    return GroundedAnswer(answer.text, [p.text for p in phrases], masks, spans)
 
 
 def answer_and_ground_all(
@@ -171,6 +174,46 @@ def answer_and_ground_all(
     return GroundedAnswer(answer.text, [answer.text], masks)
 
 
+def refer(
+    model: Any, image: Any, expression: str, *, threshold: float | None = None
+) -> GroundedAnswer:
+    """Referring segmentation without generation: one mask for `expression`.
+
+    The expression is teacher-forced after the LMM's training prompt, followed by a period, as
+    one RefCOCO expression is in evaluation (`refseg_records` without --concat); its features go
+    through the same `model.ground` as a generated answer's, so the threshold works alike.
+
+    Arguments:
+      model: a `GroundingModel`.
+      image: the PIL image.
+      expression: e.g. "the red circle on the left".
+      threshold: mask threshold (default: the model's).
+
+    Returns:
+      A `GroundedAnswer` whose text and single phrase are the expression, with a [1, H, W] mask.
+    """
+    from hg_lmm.datasets.sample import Piece
+    from hg_lmm.datasets.transforms import encode_pieces
+    from hg_lmm.lmm.adapter import Answer
+
+    expression = expression.strip()
+    if not expression:
+        raise ValueError("the referring expression is empty; pass the phrase to segment")
+    input_ids, mask_ids, prompt_len = encode_pieces(
+        model.lmm.tokenizer,
+        model.lmm.train_prompt,
+        [Piece(expression, mask_id=0, period_after=True)],
+        source=f"expression {expression!r}",
+    )
+    features = model.lmm.extract(
+        {"image": image, "input_ids": input_ids, "mask_ids": mask_ids, "caption_start": prompt_len}
+    )
+    tokens = (features.mask_ids == 0).nonzero()[:, 0].tolist()
+    answer = Answer(text=expression, token_ids=features.token_ids, features=features)
+    masks = model.ground([tokens], answer, image, threshold=threshold).cpu()
+    return GroundedAnswer(expression, [expression], masks, [(0, len(expression))])
+
+
 __all__ = [
     "GroundedAnswer",
     "answer_and_ground_all",
@@ -178,5 +221,6 @@ __all__ = [
     "caption_and_ground",
     "decode_answer",
     "phrase_token_ids",
+    "refer",
     "token_char_offsets",
 ]

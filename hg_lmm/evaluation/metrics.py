@@ -46,6 +46,12 @@ TextSimilarity = Callable[[str, str], float]
 # ReasonSeg marks "ignore" pixels in the target with this value (LISA's `ignore_label`).
 IGNORE_INDEX = 255
 
+# `MaskRecord.meta` tag of a record whose target has no foreground pixel. Such a record is scored
+# by its metric's rule for an empty union or target (an empty target with an empty prediction:
+# IoU 0 in RES mIoU and PNG, 1 in ReasonSeg gIoU; with a non-empty prediction: IoU 0 everywhere,
+# and the predicted pixels count in cIoU's union), and the eval runner logs how many there were.
+EMPTY_TARGET = "empty_target"
+
 
 # --------------------------------------------------------------------------------------------
 # Mask IoU primitives
@@ -876,6 +882,7 @@ def gcg_metrics(
 
 
 __all__ = [
+    "EMPTY_TARGET",
     "IGNORE_INDEX",
     "BertTextSimilarity",
     "GcgSample",

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,25 +90,13 @@ def rle_bbox(rle: Mapping[str, Any]) -> list[float]:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int | None = None) -> None:
-    """Write `obj` as JSON so that readers see either the old file or the complete new one.
+    """Write `obj` as JSON so that readers see either the old file or the complete new one
+    (`hg_lmm.utils.files.atomic_open`). An interrupted evaluation therefore never leaves a
+    truncated prediction file behind; the file is created 0644 (under the usual umask)."""
+    from hg_lmm.utils.files import atomic_open
 
-    The data goes to a temporary file in the same folder (so `os.replace` stays on one file
-    system, which makes it atomic), is flushed to disk, and then replaces `path`. An interrupted
-    evaluation therefore never leaves a truncated prediction file behind.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=indent)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with atomic_open(path, "w") as handle:
+        json.dump(obj, handle, indent=indent)
 
 
 __all__ = [

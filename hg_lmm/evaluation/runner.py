@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from hg_lmm.evaluation.metrics import EMPTY_TARGET
 from hg_lmm.evaluation.rle import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -36,13 +37,52 @@ logger = logging.getLogger(__name__)
 DEFAULT_DATA_ROOT = "data/"
 
 
-def eval_arg_parser(description: str | None, *, with_model: bool = True) -> argparse.ArgumentParser:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (e.g. --limit: 0 or -1 would silently score nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (e.g. --save-vis: 0 writes no overlays)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def open_unit_interval(text: str) -> float:
+    """argparse type: a float strictly between 0 and 1 (a mask threshold on probabilities)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be strictly between 0 and 1 (a probability), got {value}"
+        )
+    return value
+
+
+def eval_arg_parser(
+    description: str | None, *, with_model: bool = True, work_dir: str | None = None
+) -> argparse.ArgumentParser:
     """The arguments every eval CLI shares; a CLI adds its own flags to the returned parser.
 
     Arguments:
       description: the CLI's help text (its module docstring).
       with_model: add CONFIG, --checkpoint, --unsafe-load and --num-workers (False for CLIs
         that only score saved predictions).
+      work_dir: the --work-dir default (shown in --help); None means work_dirs/<config name>,
+        resolved by `EvalRunner`.
     """
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -64,18 +104,32 @@ def eval_arg_parser(description: str | None, *, with_model: bool = True) -> argp
     )
     parser.add_argument(
         "--work-dir",
-        default=None,
-        help="where <name>_results.json goes; default work_dirs/<config name>",
+        default=work_dir,
+        help="where <name>_results.json goes; default "
+        + ("%(default)s" if work_dir else "work_dirs/<config name>"),
     )
     parser.add_argument(
         "--limit",
-        type=int,
+        type=positive_int,
         default=None,
-        help="score only the first N samples of each dataset (smoke runs)",
+        help="score only the first N >= 1 samples of each dataset (smoke runs)",
     )
     if with_model:
         parser.add_argument("--num-workers", type=int, default=0, help="data-loading workers")
     return parser
+
+
+def add_save_vis_argument(parser: argparse.ArgumentParser) -> None:
+    """`--save-vis N`: the first N samples of each dataset as prediction-vs-ground-truth PNGs in
+    `<work-dir>/vis/<dataset>/<index>.png` (`EvalRunner.vis_writer`)."""
+    parser.add_argument(
+        "--save-vis",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="write the first N samples of each dataset as prediction-vs-ground-truth overlays "
+        "to <work-dir>/vis/<dataset>/",
+    )
 
 
 def default_work_dir(config: str | None, fallback: str = "eval") -> str:
@@ -133,6 +187,16 @@ def load_model(
     return model.eval()
 
 
+def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Create `path` and check it is writable, or exit naming it and `flag` (at start-up)."""
+    from hg_lmm.utils.files import NotWritableError, require_writable_dir
+
+    try:
+        return require_writable_dir(path, flag)
+    except NotWritableError as error:
+        raise SystemExit(str(error)) from error
+
+
 def _identity(sample: Any) -> Any:
     return sample
 
@@ -177,7 +241,7 @@ def write_report(
     metrics: Mapping[str, Mapping[str, Any]],
     **extra: Any,
 ) -> Path:
-    """Print the metrics table and write `<work_dir>/<name>_results.json` (atomically).
+    """Print the metrics table, then write `<work_dir>/<name>_results.json` (atomically).
 
     Arguments:
       work_dir: output folder (created).
@@ -188,9 +252,16 @@ def write_report(
     Returns:
       The path of the results file.
     """
-    path = Path(work_dir) / f"{name}_results.json"
-    write_json_atomic(path, _json_safe({"name": name, "metrics": metrics, **extra}), indent=2)
+    # The table first: if the file cannot be written, the numbers are on screen all the same.
     print(format_table(metrics), flush=True)
+    path = Path(work_dir) / f"{name}_results.json"
+    try:
+        write_json_atomic(path, _json_safe({"name": name, "metrics": metrics, **extra}), indent=2)
+    except OSError as error:
+        raise SystemExit(
+            f"could not write {path} ({error}); the metrics are printed above. Pass a writable "
+            "--work-dir"
+        ) from error
     print(f"results written to {path}", flush=True)
     return path
 
@@ -216,6 +287,8 @@ class EvalRunner:
         )
         config = getattr(args, "config", None)
         self.work_dir = Path(args.work_dir or default_work_dir(config))
+        if self.is_main:  # before any work: a run must not end in a failed write
+            check_output_dir(self.work_dir, "--work-dir")
         self.counts: dict[str, dict[str, Any]] = {}
         self.model: Any = None
         if load:
@@ -237,6 +310,28 @@ class EvalRunner:
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
+
+    def vis_writer(self, dataset_name: str, index: int) -> Callable[..., Path] | None:
+        """The overlay writer of sample `index` when `--save-vis` asks for it, else None.
+
+        Call it as `writer(image, pred, target, labels, title=None)` with [n, H, W] bool masks;
+        it writes `<work-dir>/vis/<dataset>/<index>.png`. Whichever rank scores a sample draws
+        it, so the files are the same for any number of processes.
+        """
+        if index >= getattr(self.args, "save_vis", 0):
+            return None
+
+        def write(
+            image: Any, pred: Any, target: Any, labels: Sequence[str], title: str | None = None
+        ) -> Path:
+            from hg_lmm.utils.overlay import compare_overlay
+
+            path = self.work_dir / "vis" / dataset_name / f"{index:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            compare_overlay(image, pred, target, labels, title=title).save(path)
+            return path
+
+        return write
 
     def shard(self, num_samples: int) -> list[int]:
         """This rank's dataset indices: rank, rank + world, ... (disjoint, covering all)."""
@@ -282,12 +377,32 @@ class EvalRunner:
         for _, rank, _ in gathered:
             per_rank[rank] += 1
         results = [result for _, _, result in gathered]
+        if getattr(self.args, "save_vis", 0) and self.is_main:
+            folder = self.work_dir / "vis" / dataset_name
+            count = min(self.args.save_vis, num_samples)
+            logger.info("%s: overlays of the first %d samples in %s", dataset_name, count, folder)
         self.counts[dataset_name] = {
             "samples": num_samples,
             "records": sum(len(r) if isinstance(r, list) else 1 for r in results),
             "per_rank": per_rank,
         }
+        self._count_empty_targets(dataset_name, results)
         return results
+
+    def _count_empty_targets(self, dataset_name: str, results: Sequence[Any]) -> None:
+        """Log (and record in the counts) how many scored records had an empty target."""
+        records = [r for part in results for r in (part if isinstance(part, list) else [part])]
+        empty = sum(bool(getattr(r, "meta", {}).get(EMPTY_TARGET)) for r in records)
+        if empty:
+            self.counts[dataset_name]["empty_targets"] = empty
+            if self.is_main:
+                logger.warning(
+                    "%s: %d of %d ground-truth masks are empty; they are scored by the metric's "
+                    "rule for an empty target (README, 'Failure modes')",
+                    dataset_name,
+                    empty,
+                    len(records),
+                )
 
     @staticmethod
     def _check_coverage(dataset_name: str, indices: Sequence[int], num_samples: int) -> None:
@@ -322,10 +437,14 @@ class EvalRunner:
 
 
 def make_tokenize(model: Any) -> Any:
-    """The training tokenization (prompt + caption pieces) for `model`'s LMM adapter."""
+    """The training tokenization (prompt + caption pieces) for `model`'s LMM adapter, keeping
+    every phrase: evaluation scores them all (empty targets included, see README "Failure
+    modes"), where training drops those it cannot learn from."""
     from hg_lmm.datasets import TokenizePieces
 
-    return TokenizePieces(tokenizer=model.lmm.tokenizer, prompt=model.lmm.train_prompt)
+    return TokenizePieces(
+        tokenizer=model.lmm.tokenizer, prompt=model.lmm.train_prompt, drop_ungroundable=False
+    )
 
 
 def flatten(results: Sequence[Sequence[Any]]) -> list[Any]:
@@ -336,11 +455,16 @@ def flatten(results: Sequence[Sequence[Any]]) -> list[Any]:
 __all__ = [
     "DEFAULT_DATA_ROOT",
     "EvalRunner",
+    "add_save_vis_argument",
+    "check_output_dir",
     "default_work_dir",
     "eval_arg_parser",
     "flatten",
     "format_table",
     "load_model",
     "make_tokenize",
+    "non_negative_int",
+    "open_unit_interval",
+    "positive_int",
     "write_report",
 ]

@@ -1,4 +1,6 @@
-"""Mask losses and training-time mask metrics shared by both head families (ARCHITECTURE.md s. 3).
+"""Mask losses and training-time mask metrics shared by both head families.
+
+See docs/architecture.md, "Losses and ground truth".
 
 loss = loss_mask_weight * BCE + loss_dice_weight * Dice, with mmdet's own loss classes:
 `CrossEntropyLoss(use_sigmoid=True)` averaged over every pixel of every mask, and

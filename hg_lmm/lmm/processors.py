@@ -1,4 +1,6 @@
-"""Image processors (DeepSeek-VL, LLaVA-1.5) and the DeepSeek-VL chat prompt (ARCHITECTURE.md s. 4).
+"""Image processors (DeepSeek-VL, LLaVA-1.5) and the DeepSeek-VL chat prompt.
+
+See docs/architecture.md, "Preprocessing and prompts".
 
 Each processor is a callable `image -> (pixel_values [3, S, S] float32, meta)`, where `meta` records
 how the resized image sits in the padded square:

@@ -1,4 +1,6 @@
-"""Deterministic, RNG-free tensors used by the golden fixtures (ARCHITECTURE.md section 6).
+"""Deterministic, RNG-free tensors used by the golden fixtures.
+
+The rule is described in docs/architecture.md, "Golden fixtures and tests".
 
 Every machine rebuilds the same bits, so the reference's recorded outputs can be compared exactly.
 """

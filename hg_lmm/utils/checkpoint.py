@@ -8,6 +8,9 @@ What can be loaded: our own `.pth`/`.safetensors`, released HG-LMM and F-LMM hea
 names are the head's own names, without our `head.` prefix), and DeepSpeed checkpoint folders. Files
 are read with `torch.load(weights_only=True)` or safetensors; anything that needs arbitrary
 unpickling is refused unless the caller opts in (`unsafe=True`, the CLIs' `--unsafe-load`).
+Before anything is unpickled, `check_checkpoint_file` tells a damaged or foreign file (empty,
+truncated, text, random bytes) from a checkpoint by its bytes and names what is wrong; a state
+holding NaN or Inf is refused at load time.
 """
 
 from __future__ import annotations
@@ -86,24 +89,146 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta: object) -> Path:
     """Write the trainable state to `path` (.safetensors or a weights-only-loadable .pth).
 
-    The write is atomic (temp file + rename), so an interrupted save never leaves a torn file.
+    The write is atomic (`hg_lmm.utils.files.atomic_open`), so an interrupted save never leaves a
+    torn file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = trainable_state_dict(model)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    from hg_lmm.utils.files import atomic_open
 
-        save_file(
-            {k: v.contiguous() for k, v in state.items()},
-            str(tmp),
-            metadata={k: str(v) for k, v in meta.items()},
-        )
-    else:
-        torch.save({"state_dict": state, "meta": {k: str(v) for k, v in meta.items()}}, tmp)
-    os.replace(tmp, path)
+    path = Path(path)
+    state = trainable_state_dict(model)
+    with atomic_open(path, "wb") as handle:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save
+
+            tensors = {k: v.contiguous() for k, v in state.items()}
+            handle.write(save(tensors, metadata={k: str(v) for k, v in meta.items()}))
+        else:
+            torch.save({"state_dict": state, "meta": {k: str(v) for k, v in meta.items()}}, handle)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Telling a damaged or foreign file from a checkpoint, by its bytes (nothing is unpickled)
+# --------------------------------------------------------------------------------------------
+
+_REDOWNLOAD = "Re-download or re-save it, or pass another checkpoint."
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\n\r\t" for c in text)
+
+
+def _check_safetensors(path: Path, size: int) -> None:
+    import json
+    import struct
+
+    with open(path, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) < 8:
+            raise CheckpointError(f"{path} is truncated: {size} bytes, less than a header")
+        (header_len,) = struct.unpack("<Q", raw)
+        if 8 + header_len > size:
+            raise CheckpointError(
+                f"{path} is not a complete safetensors file: its header says {header_len} "
+                f"bytes but the file holds {size}; it was cut short. {_REDOWNLOAD}"
+            )
+        try:
+            header = json.loads(handle.read(header_len))
+            end = max(
+                (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                default=0,
+            )
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+            raise CheckpointError(
+                f"{path} is not a safetensors file (unreadable header: {error}). {_REDOWNLOAD}"
+            ) from error
+    if 8 + header_len + end > size:
+        raise CheckpointError(
+            f"{path} is truncated: its tensors need {8 + header_len + end} bytes but the file "
+            f"holds {size} (an interrupted save or download). {_REDOWNLOAD}"
+        )
+
+
+def check_checkpoint_file(path: str | os.PathLike, *, deep: bool = False) -> None:
+    """Raise `CheckpointError` naming `path` and what is wrong if it cannot be a whole checkpoint.
+
+    Arguments:
+      path: a .pth/.pt file (a torch zip archive or a legacy pickle), a .safetensors file, or a
+        DeepSpeed folder (each of its `*.pt` files is checked).
+      deep: also verify the CRC of every entry of a zip archive (reads the whole file; used before
+        a resume, where a torn file would otherwise fail deep inside mmengine).
+
+    Only bytes are inspected: an empty file, text (or a Git LFS pointer), random bytes, a zip
+    archive without its index (a save killed midway) or a safetensors file shorter than its header
+    says are all named. A file that passes may still be refused later (e.g. unsafe pickles).
+    """
+    import zipfile
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; see checkpoints/README.md for where files go"
+        )
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.pt") if p.is_file())
+        if not files:
+            deepspeed_model_file(path)  # raises the folder's own message
+        for file in files:
+            check_checkpoint_file(file, deep=deep)
+        return
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(
+            f"{path} is empty (0 bytes): a save or copy was interrupted. {_REDOWNLOAD}"
+        )
+    if path.suffix == ".safetensors":
+        _check_safetensors(path, size)
+        return
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    if head.startswith(b"PK"):  # torch >= 1.6 saves a zip archive
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip() if deep else None
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            raise CheckpointError(
+                f"{path} is truncated or damaged ({size} bytes; {error}): a save or copy was "
+                f"interrupted. {_REDOWNLOAD}"
+            ) from error
+        if bad is not None:
+            raise CheckpointError(
+                f"{path} is damaged: entry {bad} fails its CRC check. {_REDOWNLOAD}"
+            )
+        return
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return  # a pickle (torch's legacy format); torch.load decides whether it is safe
+    if head.startswith(b"version https://git-lfs"):
+        raise CheckpointError(
+            f"{path} is a Git LFS pointer, not the checkpoint itself; fetch the file "
+            "(`git lfs pull`) or download it directly"
+        )
+    if _looks_like_text(head):
+        shown = head.decode("utf-8").splitlines()[0][:40] if head.strip() else ""
+        raise CheckpointError(
+            f"{path} is a text file, not a checkpoint (it begins {shown!r}). {_REDOWNLOAD}"
+        )
+    raise CheckpointError(
+        f"{path} is not a checkpoint: neither a PyTorch file (zip archive or pickle) nor "
+        f"safetensors (it begins with bytes {head[:8].hex(' ')}). {_REDOWNLOAD}"
+    )
+
+
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a checkpoint file, or of the model-states file of a DeepSpeed folder (the
+    optimizer partitions do not change what the model predicts)."""
+    from hg_lmm.utils.files import sha256_file
+
+    path = Path(path)
+    return sha256_file(deepspeed_model_file(path) if path.is_dir() else path)
 
 
 def _checkpoint_safe_globals() -> list[object]:
@@ -124,9 +249,11 @@ def _torch_load(path: Path, unsafe: bool) -> object:
         with torch.serialization.safe_globals(_checkpoint_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        check_checkpoint_file(path, deep=True)  # a damaged file is named as such
         refused = "Unpickl" in type(err).__name__ or "weights only" in str(err).lower()
         if unsafe or not refused:
-            raise CheckpointError(f"could not read checkpoint {path}: {err}") from err
+            reason = str(err).strip() or type(err).__name__
+            raise CheckpointError(f"could not read checkpoint {path}: {reason}") from err
         raise CheckpointError(
             f"{path} holds Python objects beyond tensors, and loading it would run arbitrary "
             "code from the file. If you trust where it came from, pass --unsafe-load "
@@ -154,17 +281,20 @@ def deepspeed_model_file(folder: Path) -> Path:
 def read_state_dict(path: str | os.PathLike, *, unsafe: bool = False) -> dict[str, torch.Tensor]:
     """Read a flat {name: tensor} from a file or a DeepSpeed folder (see the module docstring)."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(
-            f"checkpoint {path} does not exist; see checkpoints/README.md for where files go"
-        )
+    if not path.is_dir():
+        check_checkpoint_file(path)  # a missing, empty, torn or foreign file is named
     if path.is_dir():
-        obj = _torch_load(deepspeed_model_file(path), unsafe)
+        model_file = deepspeed_model_file(path)
+        check_checkpoint_file(model_file)
+        obj = _torch_load(model_file, unsafe)
         obj = obj.get("module", obj) if isinstance(obj, Mapping) else obj
     elif path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        obj = load_file(str(path))
+        try:
+            obj = load_file(str(path))
+        except Exception as err:  # safetensors raises its own SafetensorError
+            raise CheckpointError(f"could not read safetensors file {path}: {err}") from err
     else:
         obj = _torch_load(path, unsafe)
         if isinstance(obj, Mapping):
@@ -219,10 +349,12 @@ def load_state(
 
     Released head checkpoints name tensors as the head does (`lifg.conv1.weight`); ours carry the
     model's `head.` prefix. Keys under `ignored_prefixes` (by default the head's
-    `IGNORED_CHECKPOINT_PREFIXES`, e.g. the reference 7B's unused `cliplayer.`) are dropped with a
-    log line. Only the trainable state is loaded: a key of a
-    frozen part (the LMM, SAM's image encoder) counts as unexpected. With `strict`, any missing
-    trainable key or unexpected key raises `CheckpointError` carrying the report. `assign` is
+    `IGNORED_CHECKPOINT_PREFIXES`: the reference 7B's unused `cliplayer.`, or the frozen
+    `sam.model.image_encoder.` that F-LMM files may hold) are dropped with a log line that counts
+    them, and never fail a strict load. Only the trainable state is loaded: any other key of a
+    frozen part (e.g. the LMM) counts as unexpected. With `strict`, any missing
+    trainable key or unexpected key raises `CheckpointError` carrying the report. A tensor holding
+    NaN or Inf always raises (a diverged run's checkpoint would load and score 0). `assign` is
     passed to `load_state_dict` (for a model built on the meta device).
     """
     state = dict(source) if isinstance(source, Mapping) else read_state_dict(source, unsafe=unsafe)
@@ -249,6 +381,16 @@ def load_state(
                 f"{tuple(own[name].shape)}; is the config the one this checkpoint was trained with?"
             )
         to_load[name] = value
+    nonfinite = [
+        k for k, v in to_load.items() if v.is_floating_point() and not bool(v.isfinite().all())
+    ]
+    if nonfinite:
+        where = "the checkpoint" if isinstance(source, Mapping) else str(source)
+        raise CheckpointError(
+            f"{where}: {len(nonfinite)} of {len(to_load)} tensors hold NaN or Inf (e.g. "
+            f"{', '.join(nonfinite[:3])}); the training run that wrote it diverged. Use an "
+            "earlier checkpoint of that run"
+        )
     report.loaded = sorted(to_load)
     report.missing = sorted(set(expected) - set(to_load))
     if report.ignored:

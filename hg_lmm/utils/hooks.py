@@ -1,13 +1,22 @@
-"""mmengine hooks: a progress bar over training iterations and a learning-curve record."""
+"""mmengine hooks and a storage backend for training: a progress bar and learning curve, atomic
+checkpoint files, weights-only-loadable checkpoints, and the RNG states an exact resume needs."""
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
-from mmengine.hooks import Hook
+from mmengine.fileio import LocalBackend, register_backend
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.registry import HOOKS
+
+from hg_lmm.utils.files import atomic_open, write_bytes_atomic
+
+# The message-hub key under which every rank's RNG states travel into each checkpoint.
+RNG_STATES_KEY = "hg_lmm_rng_states"
+ATOMIC_BACKEND = "hg_lmm_atomic_local"
 
 
 @HOOKS.register_module(force=True)
@@ -66,10 +75,8 @@ class ProgressHook(Hook):
             self._points.append(point)
             self._sums, self._count = {}, 0
             if runner.rank == 0:
-                tmp = self._path(runner) + ".tmp"
-                with open(tmp, "w") as f:
+                with atomic_open(self._path(runner), "w") as f:
                     json.dump({"interval": self.interval, "points": self._points}, f, indent=1)
-                os.replace(tmp, self._path(runner))
 
     def after_train(self, runner) -> None:
         if self._bar is not None:
@@ -129,3 +136,101 @@ class WeightsOnlyCheckpointHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if "message_hub" in checkpoint:
             checkpoint["message_hub"] = _from_plain(checkpoint["message_hub"])
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend, except that a file is written atomically (temporary file,
+    fsync, rename): a run killed while saving `iter_N.pth` or `last_checkpoint` leaves the previous
+    files intact instead of a truncated one that a resume would trip over."""
+
+    def put(self, obj: bytes, filepath: str | Path) -> None:
+        write_bytes_atomic(filepath, obj)
+
+    def put_text(self, obj: str, filepath: str | Path, encoding: str = "utf-8") -> None:
+        write_bytes_atomic(filepath, obj.encode(encoding))
+
+
+register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
+
+
+@HOOKS.register_module(force=True)
+class AtomicCheckpointHook(CheckpointHook):
+    """mmengine's `CheckpointHook` whose files are written through `AtomicLocalBackend` (unless
+    `backend_args` names another backend). Same arguments as `CheckpointHook`.
+
+    DeepSpeed checkpoints are folders that DeepSpeed writes itself, file by file; only
+    `last_checkpoint` is atomic there (it is written after the folder is complete).
+    """
+
+    def __init__(self, *args: Any, backend_args: dict | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, backend_args=backend_args or {"backend": ATOMIC_BACKEND}, **kwargs)
+
+
+def checkpoint_due(runner) -> bool:
+    """Whether an iteration-based `CheckpointHook` of `runner` saves after the current iteration
+    (the hook's own rule: every `interval` iterations from `save_begin`, and the last one)."""
+    for hook in runner.hooks:
+        if isinstance(hook, CheckpointHook) and not hook.by_epoch:
+            if hook.every_n_train_iters(runner, hook.interval, hook.save_begin) or (
+                hook.save_last and hook.is_last_train_iter(runner)
+            ):
+                return True
+    return False
+
+
+@HOOKS.register_module(force=True)
+class RNGStateHook(Hook):
+    """Puts every rank's RNG states (`hg_lmm.utils.rng.rng_state`) into the message hub right
+    before a checkpoint is saved, so that they are part of it.
+
+    The message hub is saved by both of mmengine's runners (with DeepSpeed too, inside the
+    folder's client state) and restored on resume, where `EpochsAsItersTrainLoop` sets the states
+    back once the data loader has skipped the batches already trained on. Ranks draw different
+    amounts of randomness (their samples differ in size), so the states of all ranks are gathered
+    (in rank order) and each rank restores its own.
+    """
+
+    # After the optimizer step and logging (LOW), before CheckpointHook saves (VERY_LOW).
+    priority = "LOW"
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if not checkpoint_due(runner):
+            return
+        from mmengine.dist import all_gather_object, get_world_size
+
+        from hg_lmm.utils.rng import rng_state
+
+        state = rng_state()
+        states = all_gather_object(state) if get_world_size() > 1 else [state]
+        runner.message_hub.update_info(RNG_STATES_KEY, states)
+
+
+@HOOKS.register_module(force=True)
+class DataReportHook(Hook):
+    """Logs each data problem of the training set once and a summary with counts at the end.
+
+    Problems (a sample that could not be loaded, a phrase dropped by the training policy of
+    `TokenizePieces`) travel with the batch as `DataNote`s, also from DataLoader workers, which
+    start afresh every epoch and so cannot remember what they already reported
+    (`hg_lmm.datasets.report`). The counts are per process (each rank reports its own samples).
+    """
+
+    priority = "NORMAL"
+
+    def __init__(self) -> None:
+        from hg_lmm.datasets.report import DataReport
+
+        self.report = DataReport()
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        from hg_lmm.datasets.report import sample_notes
+
+        samples = data_batch.get("data", ()) if isinstance(data_batch, dict) else ()
+        for sample in samples:
+            for note in sample_notes(sample):
+                self.report.add(note, log=runner.logger.warning)
+
+    def after_train(self, runner) -> None:
+        summary = self.report.summary()
+        if summary:
+            runner.logger.warning(summary)

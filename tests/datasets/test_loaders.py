@@ -190,7 +190,7 @@ def test_skip_wrapper_logs_and_counts(fresh_toy, caplog):
     assert wrapped.num_skipped == 1 and list(wrapped.skipped) == [0]
     assert samples[0].image_id == ds[1].image_id  # replaced by the next good sample
     records = [r for r in caplog.records if "skipping sample 0" in r.getMessage()]
-    assert len(records) == 1 and "1 skipped so far" in records[0].getMessage()
+    assert len(records) == 1 and "1 distinct samples skipped so far" in records[0].getMessage()
     assert "CorruptImageError" in records[0].getMessage()
     # Every sample broken: the wrapper gives up loudly instead of looping.
     with open(fresh_toy["panoptic_train2017"]) as f:
@@ -199,6 +199,44 @@ def test_skip_wrapper_logs_and_counts(fresh_toy, caplog):
                 g.write(b"x")
     with pytest.raises(DatasetError, match="consecutive samples"):
         SkipBadSamples(ds, max_tries=3)[1]
+
+
+class _FourBad(torch.utils.data.Dataset):
+    """Ten samples; 2, 3, 6 and 9 fail to load as a corrupt image would."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        if i in (2, 3, 6, 9):
+            raise CorruptImageError(f"cannot decode image img_{i}.jpg")
+        return GroundingSample(
+            image=None, pieces=[], masks=torch.zeros(0, 1, 1), plural=[], isthing=[], source=str(i)
+        )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_each_bad_sample_is_reported_once_with_a_summary(workers, caplog):
+    """4 bad samples over 3 epochs: 4 warnings (not 12, in workers or not) and one summary."""
+    from hg_lmm.datasets.report import DataReport, sample_notes
+
+    loader = DataLoader(
+        SkipBadSamples(_FourBad()), batch_size=2, num_workers=workers, collate_fn=list_collate
+    )
+    report = DataReport()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):  # workers start afresh every epoch, as in training
+            for batch in loader:
+                for sample in batch["data"]:
+                    for note in sample_notes(sample):
+                        report.add(note)
+    lines = [r.getMessage() for r in caplog.records if "skipping sample" in r.getMessage()]
+    assert len(lines) == 4 and all("CorruptImageError: cannot decode image" in m for m in lines)
+    assert sorted(report.distinct["skipped_sample"]) == [f"sample {i}" for i in (2, 3, 6, 9)]
+    assert report.summary() == (
+        "data report of this process: 4 samples could not be loaded and were replaced by the "
+        "next good one (15 times in all)"  # index 2 fails twice per epoch (2, then 3)
+    )
 
 
 def test_wrong_files_give_clear_errors(toy, tmp_path):
@@ -376,3 +414,44 @@ def test_reasonseg_missing_json_and_folder(fresh_toy, tmp_path):
 
 def test_toy_paths_match_generated(toy):
     assert toy == _toy_paths(toy["root"])
+
+
+def _write(path, data) -> None:
+    if isinstance(data, bytes):
+        with open(path, "wb") as f:
+            f.write(data)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(data, f)
+
+
+@pytest.mark.parametrize(
+    ("which", "damage", "message"),
+    [
+        ("instances", "truncate", r"instances.json is not valid json .*truncated"),
+        ("instances", b"[1, 2]", r"instances.json is not a COCO instances json"),
+        ("refs", "truncate", r"refs\(unc\).p is not a readable pickle .*truncated"),
+        ("refs", b"plain text, not a pickle", r"refs\(unc\).p is not a readable pickle"),
+        ("refs", {"refs": []}, r"refs\(unc\).p holds a pickled dict, not the list of refs"),
+        ("refs", [1, 2], r"refs\(unc\).p: a ref is '1'; every ref needs"),
+    ],
+)
+def test_refcoco_damaged_files_are_named(fresh_toy, which, damage, message):
+    pytest.importorskip("mmdet")
+    path = fresh_toy[f"refcoco_{which}"]
+    if damage == "truncate":
+        with open(path, "rb") as f:
+            data = f.read()
+        damage = data[: len(data) // 2]
+    _write(path, damage)
+    with pytest.raises(AnnotationError, match=message):
+        refcoco(fresh_toy, split="val")
+
+
+def test_reasonseg_json_without_image_is_named(fresh_toy):
+    root = fresh_toy["reasonseg_val"]
+    image = sorted(os.path.join(root, f) for f in os.listdir(root) if f.endswith(".jpg"))[1]
+    os.remove(image)
+    with pytest.raises(MissingFileError, match="1 ReasonSeg annotation.* have no image") as e:
+        ReasonSegDataset(root=root)
+    assert os.path.basename(image)[: -len(".jpg")] + ".json" in str(e.value)

@@ -104,3 +104,67 @@ def test_empty_masked_piece_raises_and_empty_plain_piece_is_harmless(kind_tok):
         encode_pieces(tok, PROMPTS[kind], [Piece("", 0)], source="toy.json narrative #3")
     ids, mids, p = encode_pieces(tok, PROMPTS[kind], [Piece("", -1), Piece("the sky", 0)])
     assert tok.decode(ids[p:]).strip() == "the sky" and (mids[p:] == 0).all()
+
+
+# --- the training policy for phrases that cannot be learnt from ----------------------------------
+
+
+def _sample_with_bad_phrases():
+    from hg_lmm.datasets import GroundingSample
+
+    masks = torch.zeros(3, 4, 4, dtype=torch.bool)
+    masks[0, :2] = True  # "the red circle": fine
+    masks[2, 2:] = True  # "" encodes to nothing; mask 1 ("the sky") is empty
+    pieces = [Piece("the red circle", 0), Piece(" and ", -1), Piece("the sky", 1), Piece("", 2)]
+    return GroundingSample(
+        image=None,
+        pieces=pieces,
+        masks=masks,
+        plural=[False, True, False],
+        isthing=[True, False, True],
+        source="toy.json narrative #5",
+    )
+
+
+def test_ungroundable_phrases_are_dropped_not_the_image(kind_tok, caplog):
+    from hg_lmm.datasets.report import sample_notes
+
+    kind, tok = kind_tok
+    sample = _sample_with_bad_phrases()
+    with caplog.at_level("WARNING", logger="hg_lmm.datasets.transforms"):
+        out = TokenizePieces(tokenizer=tok, prompt=PROMPTS[kind])(sample)
+    assert out.num_masks == 1 and torch.equal(out.masks[0], sample.masks[0])
+    assert [(p.text, p.mask_id) for p in out.pieces] == [
+        ("the red circle", 0), (" and ", -1), ("the sky", -1), ("", -1),
+    ]  # fmt: skip
+    assert (out.plural, out.isthing) == ([False], [True])
+    _check_alignment(tok, out)
+    notes = sample_notes(out)
+    assert [(n.kind, n.key) for n in notes] == [
+        ("empty_mask", "toy.json narrative #5, mask 1"),
+        ("dropped_phrase", "toy.json narrative #5, mask 2"),
+    ]
+    assert all(n.logged for n in notes)  # read outside a DataLoader worker: logged here, once
+    assert len([r for r in caplog.records if "dropped phrase" in r.getMessage()]) == 2
+    assert sample_notes(sample) == []  # the input sample is left as it was
+
+
+def test_a_sample_without_any_groundable_phrase_is_an_error(kind_tok):
+    from hg_lmm.datasets import AnnotationError, GroundingSample
+
+    kind, tok = kind_tok
+    empty = GroundingSample(
+        image=None,
+        pieces=[Piece("the sky", 0)],
+        masks=torch.zeros(1, 4, 4, dtype=torch.bool),
+        plural=[False],
+        isthing=[False],
+        source="refs(unc).p image 9",
+    )
+    with pytest.raises(AnnotationError, match="refs\\(unc\\).p image 9: no phrase left"):
+        TokenizePieces(tokenizer=tok, prompt=PROMPTS[kind])(empty)
+    # Evaluation keeps every phrase: an empty phrase is an error there, not a silent drop.
+    keep_all = TokenizePieces(tokenizer=tok, prompt=PROMPTS[kind], drop_ungroundable=False)
+    assert keep_all(empty).num_masks == 1
+    with pytest.raises(EmptyPieceError):
+        keep_all(_sample_with_bad_phrases())

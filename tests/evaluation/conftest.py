@@ -1,5 +1,6 @@
-"""Fixtures of the eval-CLI tests: toy data, a golden-weight checkpoint of the tiny config, a tiny
-BERT, and runners for a CLI in this process (one rank) or under `accelerate launch` (two ranks)."""
+"""Fixtures of the eval-CLI tests: a tiny BERT, and runners for a CLI in this process (one rank) or
+under `accelerate launch` (two ranks). The toy data and the golden-weight checkpoint of the tiny
+config come from the root conftest."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-TINY_CONFIG = str(REPO / "configs" / "tiny" / "hg_tiny_llava_toy.py")
+from tests.conftest import REPO, TINY_CONFIG
+
 CLI = {
     "png": REPO / "scripts" / "multiprocess_eval_png.py",
     "refcoco": REPO / "scripts" / "multiprocess_eval_refcoco.py",
@@ -33,25 +34,6 @@ import json, runpy, sys
 for script, argv in json.loads(sys.argv[1]):
     runpy.run_path(script, run_name="__cli__")["main"](argv)
 """
-
-
-@pytest.fixture(scope="session")
-def golden_checkpoint(tmp_path_factory) -> str:
-    """The tiny config's model with the RNG-free golden weights in its head (varied masks)."""
-    from mmengine.config import Config
-
-    from hg_lmm.testing.golden import golden_state_dict
-    from hg_lmm.utils.build import build
-    from hg_lmm.utils.checkpoint import load_state, save_checkpoint, trainable_state_dict
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(REPO)  # the config caches the tiny LMM below work_dirs/ of the repo
-        model = build(Config.fromfile(TINY_CONFIG).model)
-    shapes = {k: v.shape for k, v in trainable_state_dict(model).items()}
-    load_state(model, golden_state_dict(shapes))
-    path = tmp_path_factory.mktemp("ckpt") / "golden.pth"
-    save_checkpoint(model, path)
-    return str(path)
 
 
 @pytest.fixture(scope="session")
@@ -143,7 +125,7 @@ def two_rank_runs(toy_root, golden_checkpoint, tmp_path_factory) -> Callable[[st
     runs = {
         "png": ("png", []),
         "refcoco": ("refcoco", ["--val"]),  # one forward per expression: slower, val splits
-        "refcoco_concat": ("refcoco", ["--concat"]),
+        "refcoco_concat": ("refcoco", ["--concat", "--save-vis", "2"]),
         "gcg_infer": ("gcg_infer", [*MAX_NEW_TOKENS, "--output-dir", str(root / "gcg_pred")]),
         "reasonseg": ("reasonseg", [*MAX_NEW_TOKENS, "--split", "val", "test"]),
     }

@@ -147,6 +147,15 @@ def test_checkpoint_errors_and_unsafe_load(golden_checkpoint, tmp_path, monkeypa
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
     assert not runner.model.training
 
+    # A diverged run's checkpoint (all NaN) would load and score 0: refused by name.
+    diverged = tmp_path / "diverged.pth"
+    nan = {
+        k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in state.items()
+    }
+    torch.save({"state_dict": nan}, diverged)
+    with pytest.raises(SystemExit, match="cannot evaluate .*diverged.pth.*hold NaN or Inf"):
+        load_model(TINY_CONFIG, str(diverged))
+
 
 # --- benchmarks -------------------------------------------------------------------------------
 
@@ -253,12 +262,12 @@ def test_unreadable_prediction_is_redone(tmp_path) -> None:
 
 
 def test_manifest_refuses_to_mix_runs(tmp_path) -> None:
-    first = {"config": "a.py", "checkpoint": "a.pth", "split": "val"}
+    first = {"checkpoint": "a.pth", "checkpoint_sha256": "aa", "split": "val"}
     gcg.check_manifest(tmp_path, first)
     gcg.check_manifest(tmp_path, first, write=False)  # same setting: resume
     (tmp_path / "sa_1.json").write_text("{}")
-    other = dict(first, checkpoint="b.pth")
-    with pytest.raises(SystemExit, match="checkpoint: 'a.pth' -> 'b.pth'.*--overwrite"):
+    other = dict(first, checkpoint="b.pth", checkpoint_sha256="bb")
+    with pytest.raises(SystemExit, match="checkpoint_sha256: 'aa' -> 'bb'.*'a.pth'.*--overwrite"):
         gcg.check_manifest(tmp_path, other)
     gcg.check_manifest(tmp_path, other, overwrite=True, write=False)  # other ranks: no-op
     assert (tmp_path / "sa_1.json").exists()

@@ -37,7 +37,7 @@ def _dims(fx: dict) -> LMMDims:
 
 
 def _golden_features(fx: dict) -> LMMFeatures:
-    """The fixture's input recipe (ARCHITECTURE.md section 6)."""
+    """The fixture's input recipe (docs/architecture.md, "Golden fixtures and tests")."""
     inputs = fx["inputs"]
     num_tokens = fx["grid"] ** 2
     return LMMFeatures(

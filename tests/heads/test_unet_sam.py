@@ -126,6 +126,38 @@ def test_release_key_set_loads(fixture, variant):
     assert head.text_proj.weight.device.type == "cpu"
 
 
+def test_release_file_with_sam_image_encoder_loads(caplog):
+    """F-LMM files saved from the parent model's `state_dict()` also hold SAM's frozen image
+    encoder: strict loading ignores those tensors (logging how many) and keeps the encoder that
+    came from the official SAM weights."""
+    import logging
+
+    dims = LMMDims(2, 2, 16, 6, 16, (), 24)
+    head = UNetSAMHead(
+        dims=dims,
+        sam=SAMRefiner(model=tiny_sam()),
+        mask_head=UNetMaskHead(in_channels=4, base_channels=8),
+    )
+    encoder_before = {k: v.clone() for k, v in head.sam.model.image_encoder.state_dict().items()}
+    released = {k: torch.full_like(v, 0.5) for k, v in head.state_dict().items()}
+    n_encoder = sum(k.startswith("sam.model.image_encoder.") for k in released)
+    assert n_encoder == len(encoder_before) > 0
+    # As a released file names them (no prefix) and as our model names them (`head.` prefix).
+    for prefix in ("", "head."):
+        container = torch.nn.Module()
+        container.head = head
+        state = {prefix + k: v for k, v in released.items()}
+        with caplog.at_level(logging.INFO, logger="hg_lmm.utils.checkpoint"):
+            caplog.clear()
+            report = load_state(container, state, strict=True)
+        assert report.missing == [] and report.unexpected == []
+        assert len(report.ignored) == n_encoder
+        assert f"ignored {n_encoder} checkpoint tensors" in caplog.text
+        assert torch.equal(head.text_proj.weight, torch.full_like(head.text_proj.weight, 0.5))
+        for k, v in head.sam.model.image_encoder.state_dict().items():
+            assert torch.equal(v, encoder_before[k]), k
+
+
 def test_checkpoint_load_names_bad_keys():
     dims = LMMDims(2, 2, 16, 6, 16, (), 24)
     head = UNetSAMHead(
@@ -143,8 +175,10 @@ def test_checkpoint_load_names_bad_keys():
     state.pop("text_layer_weights")
     with pytest.raises(CheckpointError, match="text_layer_weights"):
         load_state(head, state, head_prefix="")
-    with pytest.raises(CheckpointError, match="unexpected.*image_encoder"):
-        load_state(head, head.state_dict(), head_prefix="")
+    # Any other frozen or unknown tensor is still refused.
+    state = dict(trainable_state_dict(head), **{"sam.model.unknown.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="unexpected.*sam.model.unknown"):
+        load_state(head, state, head_prefix="")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +287,8 @@ def test_forward_backward_tiny_sam(tiny_head):
 
     out = head(features, image)
     assert out.mask_logits.shape == (3, 1, 64, 64)  # the 6x6 grid upsampled by 64/6
-    assert out.coarse_logits.shape == (3, 18, 24)
+    # F-LMM's grid crop of the 64-map: rows floor(3 * 64/24) = 8 .. 8 + floor(18 * 64/24 + .5) = 48.
+    assert out.coarse_logits.shape == (3, 48, 64)
     assert out.refined_logits.shape == (3, 45, 60)
 
     target = torch.zeros(3, 45, 60)

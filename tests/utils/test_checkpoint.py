@@ -116,3 +116,105 @@ class WithHelper(nn.Module):
 def test_parameter_free_helper_buffers_follow_their_part():
     keys = set(trainable_state_dict(WithHelper()))
     assert keys == {"part.proj.weight", "part.proj.bias", "part.pe.gaussian"}
+
+
+# --- damaged and foreign files: each named, with what is wrong ----------------------------------
+
+
+def _damaged(tmp_path, kind: str):
+    good_pth = save_checkpoint(_trained_toy(), tmp_path / "good.pth")
+    good_st = save_checkpoint(_trained_toy(), tmp_path / "good.safetensors")
+    path = tmp_path / ("bad.safetensors" if "safetensors" in kind else "bad.pth")
+    if kind == "random bytes":
+        data = bytes(range(7, 256)) * 8  # starts with neither "PK" nor a pickle opcode
+    elif kind == "text":
+        data = b"{'state_dict': 'not really'}\n"
+    elif kind == "empty":
+        data = b""
+    elif kind == "lfs pointer":
+        data = b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n"
+    elif kind == "truncated pth":
+        data = good_pth.read_bytes()[: good_pth.stat().st_size // 2]
+    elif kind == "truncated safetensors":
+        data = good_st.read_bytes()[:-10]
+    elif kind == "safetensors header only":
+        data = good_st.read_bytes()[:6]
+    else:
+        raise ValueError(kind)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("random bytes", "is not a checkpoint: neither a PyTorch file"),
+        ("text", "is a text file, not a checkpoint"),
+        ("empty", r"is empty \(0 bytes\)"),
+        ("lfs pointer", "is a Git LFS pointer"),
+        ("truncated pth", "is truncated or damaged"),
+        ("truncated safetensors", "is truncated: its tensors need"),
+        ("safetensors header only", "is truncated"),
+    ],
+)
+def test_damaged_or_foreign_file_is_named(tmp_path, kind, message):
+    path = _damaged(tmp_path, kind)
+    with pytest.raises(CheckpointError, match=message) as error:
+        read_state_dict(path)
+    assert str(path) in str(error.value) and "--unsafe-load" not in str(error.value)
+
+
+def test_crc_damage_is_found_by_the_deep_check(tmp_path):
+    from hg_lmm.utils.checkpoint import check_checkpoint_file
+
+    path = save_checkpoint(_trained_toy(), tmp_path / "c.pth")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # a flipped byte inside a tensor record
+    path.write_bytes(bytes(data))
+    check_checkpoint_file(path)  # the zip index is intact ...
+    with pytest.raises(CheckpointError, match="fails its CRC check"):
+        check_checkpoint_file(path, deep=True)  # ... the data is not
+
+
+def test_non_finite_checkpoint_is_refused(tmp_path):
+    sd = trainable_state_dict(_trained_toy())
+    sd["head.0.weight"] = torch.full_like(sd["head.0.weight"], float("nan"))
+    path = tmp_path / "diverged.pth"
+    torch.save({"state_dict": sd}, path)
+    with pytest.raises(CheckpointError, match=r"diverged.pth: 1 of 9 tensors hold NaN or Inf"):
+        load_state(Toy(), path)
+    sd["head.0.weight"].fill_(float("inf"))
+    with pytest.raises(CheckpointError, match="head.0.weight"):
+        load_state(Toy(), sd)
+
+
+def test_checkpoint_hash_follows_content_not_path(tmp_path):
+    from hg_lmm.utils.checkpoint import checkpoint_sha256
+
+    a = save_checkpoint(_trained_toy(), tmp_path / "a.pth")
+    b = tmp_path / "b.pth"
+    b.write_bytes(a.read_bytes())
+    assert checkpoint_sha256(a) == checkpoint_sha256(b)
+    save_checkpoint(_trained_toy(), a)  # other weights at the same path
+    assert checkpoint_sha256(a) != checkpoint_sha256(b)
+
+
+class _Runner:
+    def __init__(self, work_dir, resume, load_from):
+        self.work_dir, self._resume, self._load_from = str(work_dir), resume, load_from
+
+
+def test_resume_source_is_checked_before_mmengine_reads_it(tmp_path):
+    from hg_lmm.utils.loops import check_resume_source
+
+    torn = _damaged(tmp_path, "truncated pth")
+    with pytest.raises(CheckpointError, match=f"cannot resume training: {torn} is truncated"):
+        check_resume_source(_Runner(tmp_path, True, str(torn)))
+    # Auto-resume (`resume=True`, no path) reads last_checkpoint; a missing file is named too.
+    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_8.pth"))
+    with pytest.raises(CheckpointError, match="iter_8.pth does not exist"):
+        check_resume_source(_Runner(tmp_path, True, None))
+    good = save_checkpoint(_trained_toy(), tmp_path / "iter_8.pth")
+    check_resume_source(_Runner(tmp_path, True, None))
+    check_resume_source(_Runner(tmp_path, False, str(good)))  # load_from is checked as well
+    check_resume_source(_Runner(tmp_path / "empty", False, None))  # a fresh run: nothing to do

@@ -1,4 +1,4 @@
-"""The HG head (ARCHITECTURE.md section 2)."""
+"""The HG head (docs/architecture.md, "HG head")."""
 
 from hg_lmm.heads.hg.head import HGHead
 from hg_lmm.heads.hg.sizes import HGGeometry, hg_geometry

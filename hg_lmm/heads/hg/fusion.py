@@ -1,4 +1,4 @@
-"""`fuse_maskhead`: DPT-style fusion of the stage maps into mask logits (section 2, item 6)."""
+"""`fuse_maskhead`: DPT-style fusion of the stage maps into mask logits (docs/architecture.md)."""
 
 from __future__ import annotations
 

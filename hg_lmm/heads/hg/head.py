@@ -1,4 +1,4 @@
-"""The HG head: grounds each phrase of one sample from frozen-LMM features (ARCHITECTURE.md s. 2).
+"""The HG head: grounds each phrase of one sample from frozen-LMM features (docs/architecture.md).
 
 extract (the LMM adapter) -> `HGHead` -> `unpad_to_image`. Every size comes from `LMMDims`
 through `hg_geometry`; the state-dict names are those of the released checkpoints.

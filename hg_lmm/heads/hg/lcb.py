@@ -1,4 +1,4 @@
-"""`lcb`: the low-level conv branch on the pixels (ARCHITECTURE.md section 2, item 4)."""
+"""`lcb`: the low-level conv branch on the pixels (docs/architecture.md, "HG head")."""
 
 from __future__ import annotations
 

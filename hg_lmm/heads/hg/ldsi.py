@@ -1,4 +1,4 @@
-"""`ldsi`: multi-scale injection of the attention prior (ARCHITECTURE.md section 2, item 5)."""
+"""`ldsi`: multi-scale injection of the attention prior (docs/architecture.md, "HG head")."""
 
 from __future__ import annotations
 

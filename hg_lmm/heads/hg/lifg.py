@@ -1,4 +1,4 @@
-"""`lifg`: language-guided image features (ARCHITECTURE.md section 2, item 3)."""
+"""`lifg`: language-guided image features (docs/architecture.md, "HG head")."""
 
 from __future__ import annotations
 

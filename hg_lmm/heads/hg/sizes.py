@@ -1,4 +1,4 @@
-"""Every size of the HG head, derived from the LMM's dims record (ARCHITECTURE.md section 2).
+"""Every size of the HG head, derived from the LMM's dims record (docs/architecture.md).
 
 The reference hard-codes one copy of the head per LMM. The rules below reproduce both released
 DeepSeek-VL heads exactly (the golden fixtures pin them) and give LLaVA-1.5 a head whose fusion

@@ -1,4 +1,4 @@
-"""Head family B: F-LMM's U-Net mask head with a SAM refiner (ARCHITECTURE.md section 3)."""
+"""Head family B: F-LMM's U-Net mask head with a SAM refiner (docs/architecture.md)."""
 
 from hg_lmm.heads.unet_sam.head import UNetSAMHead, UNetSAMOutput
 from hg_lmm.heads.unet_sam.sam_refiner import (

@@ -1,10 +1,10 @@
-"""Head family B: F-LMM's U-Net coarse head plus the SAM refiner (ARCHITECTURE.md section 3).
+"""Head family B: F-LMM's U-Net coarse head plus the SAM refiner (docs/architecture.md).
 
-extract (the LMM adapter) -> `UNetSAMHead` -> (coarse logits on the image region, SAM logits on
-the original image). Every size comes from `LMMDims` (U-Net input = L*H, text path = L and D) or
-from the SAM model (prompt width). The state-dict names are those of the released F-LMM
-checkpoints: `mask_head.*`, `sam.model.prompt_encoder.*`, `sam.model.mask_decoder.*`,
-`text_proj.*`, `text_layer_weights`.
+extract (the LMM adapter) -> `UNetSAMHead` -> (coarse logits cropped to the image on the U-Net's
+64-grid, SAM logits on the original image). Every size comes from `LMMDims` (U-Net input = L*H,
+text path = L and D) or from the SAM model (prompt width). The state-dict names are those of the
+released F-LMM checkpoints: `mask_head.*`, `sam.model.prompt_encoder.*`,
+`sam.model.mask_decoder.*`, `text_proj.*`, `text_layer_weights`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from hg_lmm.heads.unet_sam.sam_refiner import ImageLike, SAMImage, SAMRefiner
 from hg_lmm.heads.unet_sam.unet import UNetMaskHead
 from hg_lmm.lmm.base import LMMDims, LMMFeatures, check_features
 from hg_lmm.utils.build import build
-from hg_lmm.utils.masks import unpad_to_image
+from hg_lmm.utils.masks import crop_to_image_grid
 
 
 @dataclass
@@ -29,10 +29,12 @@ class UNetSAMOutput:
     """Family-B predictions for the n phrases of one sample.
 
     Fields:
-      coarse_logits: [n, h, w] U-Net logits on the resized image region, (h, w) = meta
-        image_shape (the padded square's logits resized bilinearly, then cropped).
+      coarse_logits: [n, h, w] U-Net logits cropped to the image at the U-Net's resolution
+        (F-LMM's grid crop, `hg_lmm.utils.masks.crop_to_image_grid`; e.g. 42x64 for a 500x333
+        image): SAM's mask and box prompts are built from it and the coarse loss compares it
+        with the ground truth resized (nearest) to the same size.
       refined_logits: [n, H, W] SAM logits at the original image size.
-      mask_logits: [n, 1, s, s] raw U-Net logits over the whole padded square.
+      mask_logits: [n, 1, s, s] raw U-Net logits over the whole padded square (s = 64).
     """
 
     coarse_logits: torch.Tensor
@@ -60,6 +62,10 @@ class UNetSAMHead(nn.Module):
 
     # The model passes the original image to forward (SAM refines on it).
     needs_image: ClassVar[bool] = True
+    # Released F-LMM files can hold the frozen SAM image encoder: a parent `state_dict()` does not
+    # go through the reference SAM wrapper's filter. It is loaded from the official SAM weights
+    # instead, so those tensors are dropped (and counted in the log) when loading.
+    IGNORED_CHECKPOINT_PREFIXES: ClassVar[tuple[str, ...]] = ("sam.model.image_encoder.",)
 
     def __init__(
         self,
@@ -137,10 +143,14 @@ class UNetSAMHead(nn.Module):
         features: the sample's `LMMFeatures` (meta places the image inside the padded square).
         image: the original image (PIL, uint8 [H, W, 3] array or uint8 [3, H, W] tensor) or its
           `SAMImage` from `self.sam.prepare_image` (e.g. made in a data-loader worker).
-        Returns `UNetSAMOutput` (coarse [n, h, w] on meta image_shape, refined [n, H, W]).
+        Returns `UNetSAMOutput` (coarse [n, h, w] on the U-Net grid, refined [n, H, W]).
         """
         mask_logits = self.mask_logits(features)
-        coarse = unpad_to_image(mask_logits[:, 0], features.meta)
+        # F-LMM's crop, not a resize to the padded square followed by an exact pixel crop: the
+        # released weights were trained on this map (start rounded down, length rounded half up
+        # on the 64-grid; docs/architecture.md, "Crop rules"). Any other crop changes SAM's mask
+        # prompt and box, and so the final masks.
+        coarse = crop_to_image_grid(mask_logits[:, 0], features.meta)
         text_embeds = self.phrase_token_embeddings(features.hidden, features.mask_ids)
         refined = self.sam(image, coarse, text_embeds)
         return UNetSAMOutput(coarse_logits=coarse, refined_logits=refined, mask_logits=mask_logits)

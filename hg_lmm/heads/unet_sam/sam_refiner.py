@@ -1,10 +1,10 @@
 """F-LMM's SAM refiner: SAM re-predicts each coarse mask from mask, box and text prompts.
 
-ARCHITECTURE.md section 3. Built on the `segment_anything` package as published (no vendored
-copy): `SAMRefiner.model` is a `segment_anything.modeling.Sam`, so the checkpoint names are
-`sam.model.prompt_encoder.*` and `sam.model.mask_decoder.*` once the refiner sits at `head.sam`.
-The image encoder is frozen, always in eval mode, run without autograd and left out of the
-trainable state (see `hg_lmm.utils.checkpoint.trainable_state_dict`).
+See docs/architecture.md ("U-Net + SAM head"). Built on the `segment_anything` package as
+published (no vendored copy): `SAMRefiner.model` is a `segment_anything.modeling.Sam`, so the
+checkpoint names are `sam.model.prompt_encoder.*` and `sam.model.mask_decoder.*` once the refiner
+sits at `head.sam`. The image encoder is frozen, always in eval mode, run without autograd and
+left out of the trainable state (see `hg_lmm.utils.checkpoint.trainable_state_dict`).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class SAMRefiner(nn.Module):
       model: a segment_anything `Sam`, or its config dict, e.g.
         dict(type=build_sam, variant="vit_l", checkpoint="checkpoints/sam_vit_l_0b3195.pth").
 
-    Per phrase, SAM's mask decoder gets (ARCHITECTURE.md section 3):
+    Per phrase, SAM's mask decoder gets (as F-LMM's SAM wrapper builds them):
       - the coarse logits as the dense mask prompt (`mask_prompts`);
       - the box of sigmoid(coarse) > 0.5 at the original size (`box_prompts`);
       - the phrase's text-token embeddings appended to the sparse (box) embeddings;
@@ -208,33 +208,41 @@ class SAMRefiner(nn.Module):
 
         coarse_logits: [n, h, w] logits over the image (any resolution, the image's aspect).
         input_size: (h', w') of the resized image inside SAM's square frame.
-        Returns [n, 1, m, m] (m = the prompt encoder's mask input size, 256 for 1024 inputs): the
-        logits resized to `input_size`, padded to the frame with min(-1, min logit) so the padding
-        reads as background, then resized to m x m. Differentiable in the logits.
+        Returns [n, 1, m, m] in coarse_logits' dtype (m = the prompt encoder's mask input size,
+        256 for 1024 inputs): the logits resized (bilinear) to `input_size`, padded bottom/right
+        to the frame with min(-1, min logit) so the padding reads as background, then resized to
+        m x m. Each resize runs in float32 and is cast back to the logits' dtype, as in the
+        reference (this only matters in bf16). Differentiable in the logits.
         """
-        x = coarse_logits[:, None].float()
-        pad_value = min(-1.0, float(x.detach().min())) if x.numel() else -1.0
-        x = F.interpolate(x, size=input_size, mode="bilinear")
+        dtype = coarse_logits.dtype
+        pad_value = -1.0
+        if coarse_logits.numel():
+            pad_value = min(pad_value, float(coarse_logits.detach().min()))
+        x = F.interpolate(coarse_logits[:, None].float(), size=input_size, mode="bilinear")
         x = F.pad(
-            x,
+            x.to(dtype),
             (0, self.image_size - input_size[1], 0, self.image_size - input_size[0]),
             value=pad_value,
         )
-        return F.interpolate(x, size=self.model.prompt_encoder.mask_input_size, mode="bilinear")
+        size = self.model.prompt_encoder.mask_input_size
+        return F.interpolate(x.float(), size=size, mode="bilinear").to(dtype)
 
     def box_prompts(
         self, coarse_logits: torch.Tensor, original_size: tuple[int, int]
     ) -> torch.Tensor:
-        """Box prompts [n, 4] in SAM's input frame from coarse logits [n, h, w].
+        """Box prompts [n, 4] float32 in SAM's input frame from coarse logits [n, h, w].
 
-        The probabilities are resized to the original image size and thresholded at 0.5; each
-        mask's box is (x0, y0, x1 + 1, y1 + 1), or the whole image if it is empty. No gradient.
+        The probabilities are resized (bilinear) to the original image size and thresholded at
+        0.5; each mask's box is (x0, y0, x1 + 1, y1 + 1), or the whole image if it is empty. The
+        box is scaled into SAM's frame in float64 and then rounded to float32, as the reference
+        does (segment_anything's torch variant would scale in float32). No gradient.
         """
         with torch.no_grad():
             probs = coarse_logits.detach()[None].float().sigmoid()
             probs = F.interpolate(probs, size=original_size, mode="bilinear")[0]
-            boxes = mask_boxes(probs > 0.5)
-            return self.transform.apply_boxes_torch(boxes, original_size)
+            boxes = mask_boxes(probs > 0.5).cpu().numpy().astype(np.float64)
+            boxes = self.transform.apply_boxes(boxes, original_size)
+            return torch.as_tensor(boxes, dtype=torch.float32, device=coarse_logits.device)
 
     def forward(
         self,

@@ -1,8 +1,8 @@
 """F-LMM's coarse mask head: an mmseg `UNet` over a phrase's stacked attention maps.
 
-ARCHITECTURE.md section 3. The module *is* an mmseg `UNet` (plus `conv_seg`), so its state-dict
-names are the released `mask_head.*` names without any key map: `encoder.*`, `decoder.*`,
-`conv_seg.*`.
+See docs/architecture.md ("U-Net + SAM head"). The module *is* an mmseg `UNet` (plus
+`conv_seg`), so its state-dict names are the released `mask_head.*` names without any key map:
+`encoder.*`, `decoder.*`, `conv_seg.*`.
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ SAM_PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-# HG-LMM's selected blocks (0-based) for the released towers (ARCHITECTURE.md section 1).
+# HG-LMM's selected blocks (0-based) for the released towers (docs/architecture.md, "The dims
+# and features records").
 DEFAULT_SIGLIP_FEATURE_LAYERS = (3, 6, 9, 12, 15, 18, 20, 23)
 DEFAULT_SAM_FEATURE_LAYERS = (1, 2, 4, 5, 7, 9, 10, 11)
 

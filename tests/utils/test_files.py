@@ -1,0 +1,101 @@
+"""Atomic writes, the start-up write check, RNG states, and the atomic checkpoint backend."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from hg_lmm.utils.files import (
+    NotWritableError,
+    atomic_open,
+    default_file_mode,
+    require_writable_dir,
+    sha256_file,
+    write_bytes_atomic,
+)
+
+
+def test_atomic_write_replaces_whole_file_with_plain_permissions(tmp_path):
+    path = tmp_path / "sub" / "out.json"
+    write_bytes_atomic(path, b"first")
+    write_bytes_atomic(path, b"second")
+    assert path.read_bytes() == b"second"
+    assert path.stat().st_mode & 0o777 == default_file_mode()
+    assert os.listdir(path.parent) == ["out.json"]
+
+
+def test_files_get_the_umask_permissions_not_0600(tmp_path):
+    previous = os.umask(0o022)
+    default_file_mode.cache_clear()
+    try:
+        write_bytes_atomic(tmp_path / "results.json", b"{}")
+        assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644  # mkstemp gives 0600
+    finally:
+        os.umask(previous)
+        default_file_mode.cache_clear()
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "iter_4.pth"
+    path.write_bytes(b"complete checkpoint")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(path, "wb") as handle:
+            handle.write(b"half of a new")
+            raise KeyboardInterrupt  # what a kill between two writes would leave
+    assert path.read_bytes() == b"complete checkpoint"
+    assert os.listdir(tmp_path) == ["iter_4.pth"]
+
+
+def test_unwritable_dir_is_named_with_its_flag(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(NotWritableError, match=r"cannot write to .*a_file/out.*--work-dir"):
+        require_writable_dir(blocker / "out", "--work-dir")
+    assert require_writable_dir(tmp_path / "new" / "dir", "--work-dir").is_dir()
+    assert os.listdir(tmp_path / "new" / "dir") == []  # the probe file is gone
+
+
+def test_sha256_file(tmp_path):
+    (tmp_path / "a").write_bytes(b"abc")
+    assert sha256_file(tmp_path / "a").startswith("ba7816bf8f01cfea")
+
+
+def test_atomic_backend_writes_through_atomic_open(tmp_path, monkeypatch):
+    from mmengine.fileio import get_file_backend
+
+    from hg_lmm.utils import files
+    from hg_lmm.utils.hooks import ATOMIC_BACKEND, AtomicCheckpointHook, AtomicLocalBackend
+
+    backend = get_file_backend(str(tmp_path), backend_args={"backend": ATOMIC_BACKEND})
+    assert isinstance(backend, AtomicLocalBackend)
+    target = tmp_path / "iter_2.pth"
+    backend.put(b"old", str(target))
+
+    def killed(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        backend.put(b"new and longer", str(target))
+    assert target.read_bytes() == b"old"
+    assert AtomicCheckpointHook(interval=2).backend_args == {"backend": ATOMIC_BACKEND}
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    from hg_lmm.utils.rng import rng_state, set_rng_state
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    np.random.standard_normal()  # leaves a cached gaussian in numpy's state
+    state = rng_state()
+    expected = (torch.rand(4), np.random.rand(3), random.random())
+    torch.save({"message_hub": {"runtime_info": {"rng": [state]}}}, tmp_path / "c.pth")
+    loaded = torch.load(tmp_path / "c.pth", weights_only=True)["message_hub"]["runtime_info"]
+    torch.manual_seed(99), np.random.seed(99), random.seed(99)
+    set_rng_state(loaded["rng"][0])
+    again = (torch.rand(4), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0])
+    assert np.array_equal(expected[1], again[1]) and expected[2] == again[2]
