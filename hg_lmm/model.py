@@ -178,12 +178,15 @@ class GroundingModel(BaseModel):
 
         The frozen features of all samples come from one batched pass; each sample's head and
         loss are checkpointed when training with `checkpoint_head`, so that only the features
-        (in the LMM's dtype) are kept per sample until the backward.
+        (in the LMM's dtype, attention maps pooled per phrase by the head's `prepare_features`)
+        are kept per sample until the backward.
         """
         totals: dict[str, torch.Tensor] = {}
         # The LMM's dtype (bf16 in training): the features are kept until the backward.
-        for sample, features in zip(data, self.lmm.extract_batch(data, dtype=None)):
-            for k, v in self._sample_terms(features, sample).items():
+        batch = self.lmm.extract_batch(data, dtype=None)
+        for sample in data:
+            # Popped, so that only the head's prepared features of a sample stay alive.
+            for k, v in self._sample_terms(batch.pop(0), sample).items():
                 totals[k] = totals.get(k, 0) + v / len(data)
         return totals
 
@@ -191,15 +194,21 @@ class GroundingModel(BaseModel):
         self, features: LMMFeatures, sample: Mapping[str, Any]
     ) -> dict[str, torch.Tensor]:
         """Loss terms and metrics of one sample (scalars)."""
-        gt = torch.as_tensor(sample["masks"], device=features.attn.device)
+        gt = torch.as_tensor(sample["masks"], device=features.hidden.device)
         # As the references: GT resized (nearest) to the processor's image size first, then to
         # each map (a no-op for the HG head; the U-Net grid crop and SAM's original size for
-        # family B).
-        gt = resize_masks(gt.float(), self._meta_hw(features.meta), "nearest")
+        # family B). Kept in its own dtype (bool masks stay bool: nearest keeps 0/1 exact).
+        gt = resize_masks(gt.float(), self._meta_hw(features.meta), "nearest").to(gt.dtype)
         image = self._head_image(sample)
+        # The head's parameter-free work on the features (e.g. each phrase's mean attention
+        # maps) is done here, once: a checkpointed step then keeps its smaller output per sample.
+        prepare = getattr(self.head, "prepare_features", None)
+        if prepare is not None:
+            with torch.no_grad():
+                features = prepare(features)
 
         def terms_of(*tensors: torch.Tensor) -> dict[str, torch.Tensor]:
-            feats = dataclasses.replace(features, **dict(zip(_FEATURE_TENSORS, tensors)))
+            feats = dataclasses.replace(features, **dict(zip(names, tensors)))
             maps = self._maps(feats, image)
             n = gt.shape[0]
             if n != next(iter(maps.values())).shape[0]:
@@ -209,12 +218,13 @@ class GroundingModel(BaseModel):
                 )
             terms: dict[str, torch.Tensor] = {}
             for prefix, logits in maps.items():
-                target = resize_masks(gt, logits.shape[-2:], "nearest")
+                target = resize_masks(gt.float(), logits.shape[-2:], "nearest")
                 terms.update(self.loss(logits, target, prefix=prefix))
                 terms.update(mask_metrics(logits, target, prefix=prefix))
             return terms
 
-        tensors = [getattr(features, name) for name in _FEATURE_TENSORS]
+        names = [n for n in _FEATURE_TENSORS if getattr(features, n) is not None]
+        tensors = [getattr(features, n) for n in names]
         if not (self.checkpoint_head and self.training and torch.is_grad_enabled()):
             return terms_of(*tensors)
         # The feature tensors are passed as arguments so that checkpoint restores the RNG state
@@ -275,8 +285,9 @@ class GroundingModel(BaseModel):
         return meta["image_shape"]["height"], meta["image_shape"]["width"]
 
 
-# The LMMFeatures tensors a head reads; the checkpointed head takes them as arguments.
-_FEATURE_TENSORS = ("attn", "hidden", "vision", "pixel_values")
+# The LMMFeatures tensors a head reads (attn or attn_prior); the checkpointed head takes those
+# that are set as arguments.
+_FEATURE_TENSORS = ("attn", "attn_prior", "hidden", "vision", "pixel_values")
 
 
 @contextmanager

@@ -360,15 +360,25 @@ def _saved_bytes(model, batch) -> int:
     return total
 
 
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
 def test_checkpointed_graph_keeps_only_the_features(tiny_llava, batch):
-    """With the checkpointed head, the graph keeps each sample's feature tensors and nothing
-    of its head; without it, every sample's head activations stay until the backward."""
+    """With the checkpointed head, the graph keeps each sample's feature tensors, with the
+    attention maps pooled per phrase (`prepare_features`), and nothing of its head; without it,
+    every sample's head activations stay until the backward."""
     checkpointed, plain = _twin_models(tiny_llava, dict(type=HGHead))
+    extracted = checkpointed.lmm.extract_batch(batch, dtype=None)
+    prepared = [checkpointed.head.prepare_features(f) for f in extracted]
     features = sum(
-        getattr(f, name).numel() * getattr(f, name).element_size()
-        for f in checkpointed.lmm.extract_batch(batch, dtype=None)
-        for name in ("attn", "hidden", "vision", "pixel_values")
+        _nbytes(getattr(f, name))
+        for f in prepared
+        for name in ("attn_prior", "hidden", "vision", "pixel_values")
     )
+    assert all(f.attn is None for f in prepared)
+    # Each phrase's maps instead of each token's: fewer bytes whenever a phrase has 2+ tokens.
+    assert sum(_nbytes(f.attn_prior) for f in prepared) < sum(_nbytes(f.attn) for f in extracted)
     assert _saved_bytes(checkpointed, batch) == features
     assert _saved_bytes(checkpointed, batch[:1]) < features
     assert _saved_bytes(plain, batch) > 10 * features

@@ -211,11 +211,15 @@ class FrozenLMMAdapter(nn.Module, ABC):
                 return_dict=True,
             )
         attn, hidden, g = capture.attn, capture.hidden, self.dims.grid
+        del capture  # its per-layer records, now stacked into attn and hidden
+        # With several samples, each gets its own storage rather than a view of the batch's, so
+        # that a training step frees a sample's features as soon as its backward is done.
+        copy = len(rows) > 1
         return [
             (
-                attn[:, b, :, : len(r)].unflatten(-1, (g, g)).to(dtype),
-                hidden[:, b, : len(r)].to(dtype),
-                vision[b].to(dtype),
+                attn[:, b, :, : len(r)].unflatten(-1, (g, g)).to(dtype, copy=copy),
+                hidden[:, b, : len(r)].to(dtype, copy=copy),
+                vision[b].to(dtype, copy=copy),
             )
             for b, r in enumerate(rows)
         ]
