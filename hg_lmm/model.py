@@ -2,7 +2,15 @@
 
 One forward path serves training, prediction and grounding: `extract -> head -> postprocess`.
 The model processes a list of samples per step (each sample has its own image size and number of
-phrases), so batch > 1 needs no padding.
+phrases): the frozen LMM sees them as one padded batch, the head one sample at a time.
+
+Training memory stays flat in the number of samples per step: each sample's head and loss run
+under activation checkpointing (`torch.utils.checkpoint`, non-reentrant), so only its features are
+kept until the backward, which recomputes one sample's head graph at a time. The backward stays
+the caller's single `loss.backward()` (mmengine's OptimWrapper, AMP, or DeepSpeed's engine, whose
+ZeRO gradient hooks need that); a backward per sample inside `forward` would bypass them. The
+recomputation replays the head with the same RNG state (dropout) and with BatchNorm running
+statistics left untouched, so they are updated once per step, as without checkpointing.
 
 A sample is a dict with `input_ids` [T_all], `mask_ids` [T_all] (prompt tokens -1), `image` (PIL)
 or `pixel_values` + `meta`, and for training `masks` [n, H, W] at the original image size
@@ -12,13 +20,16 @@ or `pixel_values` + `meta`, and for training `masks` [n, H, W] at the original i
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModel
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from hg_lmm.heads.losses import MaskLoss, mask_metrics
 from hg_lmm.lmm.adapter import Answer, FrozenLMMAdapter
@@ -70,6 +81,10 @@ class GroundingModel(BaseModel):
       lmm: a `FrozenLMMAdapter` or its config dict.
       head: a head module or its config dict; `dims=lmm.dims` is filled in when building it.
       loss: a `MaskLoss` or its keyword arguments (BCE and Dice weights).
+      threshold: probability above which a pixel is in the predicted mask.
+      checkpoint_head: recompute each sample's head graph in the backward instead of keeping
+        every sample's graph until then (see the module docstring); False keeps them all
+        (faster by one head forward per sample, memory growing with the samples per step).
       data_preprocessor: mmengine's (the default only moves tensors to the device).
 
     Modes of `forward(data, data_samples=None, mode=...)` with `data` a list of samples:
@@ -86,6 +101,7 @@ class GroundingModel(BaseModel):
         head: nn.Module | Mapping[str, Any],
         loss: MaskLoss | Mapping[str, Any] | None = None,
         threshold: float = 0.5,
+        checkpoint_head: bool = True,
         data_preprocessor: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
@@ -93,6 +109,7 @@ class GroundingModel(BaseModel):
         self.head = build(head, dims=self.lmm.dims)
         self.loss = loss if isinstance(loss, nn.Module) else MaskLoss(**(loss or {}))
         self.threshold = threshold
+        self.checkpoint_head = checkpoint_head
         # Checkpoints (ours and mmengine's) hold the trainable state only, never the frozen LMM.
         self._register_state_dict_hook(_keep_trainable_state)
 
@@ -100,8 +117,23 @@ class GroundingModel(BaseModel):
 
     def head_logits(self, features: LMMFeatures, sample: Mapping[str, Any]) -> dict[str, Any]:
         """Run the head on one sample's features: named [n, h, w] logit maps."""
-        if getattr(self.head, "needs_image", False):  # e.g. SAM refines on the original image
-            return _logit_maps(self.head(features, sample["image"]))
+        return self._maps(features, self._head_image(sample))
+
+    def _head_image(self, sample: Mapping[str, Any]) -> Any:
+        """What a head that `needs_image` gets besides the features (e.g. SAM refines on the
+        original image), with its frozen per-image work (`prepare_image`, e.g. SAM's image
+        encoder) done here, once, outside any recomputation; None for other heads."""
+        if not getattr(self.head, "needs_image", False):
+            return None
+        prepare = getattr(self.head, "prepare_image", None)
+        if prepare is None:
+            return sample["image"]
+        with torch.no_grad():
+            return prepare(sample["image"])
+
+    def _maps(self, features: LMMFeatures, image: Any) -> dict[str, torch.Tensor]:
+        if getattr(self.head, "needs_image", False):
+            return _logit_maps(self.head(features, image))
         return _logit_maps(self.head(features))
 
     def final_logits(self, maps: dict[str, torch.Tensor], image_hw: Sequence[int]) -> torch.Tensor:
@@ -142,37 +174,73 @@ class GroundingModel(BaseModel):
         raise ValueError(f"unknown mode {mode!r}; expected 'loss', 'predict' or 'tensor'")
 
     def compute_loss(self, data: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        """Mean over samples of each loss term; GT masks resized (nearest) to each map's size."""
+        """Mean over samples of each loss term; GT masks resized (nearest) to each map's size.
+
+        The frozen features of all samples come from one batched pass; each sample's head and
+        loss are checkpointed when training with `checkpoint_head`, so that only the features
+        (in the LMM's dtype, attention maps pooled per phrase by the head's `prepare_features`)
+        are kept per sample until the backward.
+        """
         totals: dict[str, torch.Tensor] = {}
+        # The LMM's dtype (bf16 in training): the features are kept until the backward.
+        batch = self.lmm.extract_batch(data, dtype=None)
         for sample in data:
-            features = self.lmm.extract(sample)
-            maps = self.head_logits(features, sample)
-            gt = torch.as_tensor(sample["masks"], device=features.attn.device)
-            # As the references: GT resized (nearest) to the processor's image size first, then
-            # to each map (a no-op for the HG head; the U-Net grid crop and SAM's original size
-            # for family B).
-            gt = resize_masks(gt.float(), self._meta_hw(features.meta), "nearest")
+            # Popped, so that only the head's prepared features of a sample stay alive.
+            for k, v in self._sample_terms(batch.pop(0), sample).items():
+                totals[k] = totals.get(k, 0) + v / len(data)
+        return totals
+
+    def _sample_terms(
+        self, features: LMMFeatures, sample: Mapping[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """Loss terms and metrics of one sample (scalars)."""
+        gt = torch.as_tensor(sample["masks"], device=features.hidden.device)
+        # As the references: GT resized (nearest) to the processor's image size first, then to
+        # each map (a no-op for the HG head; the U-Net grid crop and SAM's original size for
+        # family B). Kept in its own dtype (bool masks stay bool: nearest keeps 0/1 exact).
+        gt = resize_masks(gt.float(), self._meta_hw(features.meta), "nearest").to(gt.dtype)
+        image = self._head_image(sample)
+        # The head's parameter-free work on the features (e.g. each phrase's mean attention
+        # maps) is done here, once: a checkpointed step then keeps its smaller output per sample.
+        prepare = getattr(self.head, "prepare_features", None)
+        if prepare is not None:
+            with torch.no_grad():
+                features = prepare(features)
+
+        def terms_of(*tensors: torch.Tensor) -> dict[str, torch.Tensor]:
+            feats = dataclasses.replace(features, **dict(zip(names, tensors)))
+            maps = self._maps(feats, image)
             n = gt.shape[0]
             if n != next(iter(maps.values())).shape[0]:
                 raise ValueError(
                     f"sample {sample.get('id', '?')}: {n} ground-truth masks but "
-                    f"{int(features.mask_ids.max()) + 1} phrases in mask_ids"
+                    f"{int(feats.mask_ids.max()) + 1} phrases in mask_ids"
                 )
             terms: dict[str, torch.Tensor] = {}
             for prefix, logits in maps.items():
-                target = resize_masks(gt, logits.shape[-2:], "nearest")
+                target = resize_masks(gt.float(), logits.shape[-2:], "nearest")
                 terms.update(self.loss(logits, target, prefix=prefix))
                 terms.update(mask_metrics(logits, target, prefix=prefix))
-            for k, v in terms.items():
-                totals[k] = totals.get(k, 0) + v / len(data)
-        return totals
+            return terms
+
+        names = [n for n in _FEATURE_TENSORS if getattr(features, n) is not None]
+        tensors = [getattr(features, n) for n in names]
+        if not (self.checkpoint_head and self.training and torch.is_grad_enabled()):
+            return terms_of(*tensors)
+        # The feature tensors are passed as arguments so that checkpoint restores the RNG state
+        # of their device (dropout) before recomputing.
+        return checkpoint(
+            terms_of,
+            *tensors,
+            use_reentrant=False,
+            context_fn=partial(_recompute_contexts, self.head),
+        )
 
     @torch.no_grad()
     def predict(self, data: Sequence[Mapping[str, Any]]) -> list[dict[str, torch.Tensor]]:
         """Per sample: logits and thresholded masks at the original image size."""
         out = []
-        for sample in data:
-            features = self.lmm.extract(sample)
+        for sample, features in zip(data, self.lmm.extract_batch(data)):
             maps, hw = self.head_logits(features, sample), self._image_hw(sample)
             logits = self.final_logits(maps, hw)
             out.append({"logits": logits, "masks": self.final_masks(maps, hw, self.threshold)})
@@ -215,6 +283,46 @@ class GroundingModel(BaseModel):
     @staticmethod
     def _meta_hw(meta: Mapping[str, Any]) -> tuple[int, int]:
         return meta["image_shape"]["height"], meta["image_shape"]["width"]
+
+
+# The LMMFeatures tensors a head reads (attn or attn_prior); the checkpointed head takes those
+# that are set as arguments.
+_FEATURE_TENSORS = ("attn", "attn_prior", "hidden", "vision", "pixel_values")
+
+
+@contextmanager
+def frozen_norm_statistics(module: nn.Module) -> Iterator[None]:
+    """Inside the block, BatchNorm layers of `module` normalise as usual (batch statistics in
+    training mode) but leave their running statistics and batch counters as they were.
+
+    Done with momentum 0 (running = 1 * running + 0 * batch, exactly) plus restoring the counter,
+    rather than `track_running_stats=False`: that would change which tensors batch_norm saves
+    for the backward, which a checkpoint's recomputation must reproduce exactly.
+    """
+    norms = [
+        (
+            m,
+            m.momentum,
+            m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None,
+        )
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    for m, _, _ in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, count in norms:
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def _recompute_contexts(head: nn.Module) -> tuple[Any, Any]:
+    """checkpoint's (forward, recompute) contexts: the recompute must not update BatchNorm's
+    running statistics a second time."""
+    return nullcontext(), frozen_norm_statistics(head)
 
 
 def _keep_trainable_state(module: nn.Module, state: dict, prefix: str, local_metadata: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -265,3 +267,128 @@ def test_unet_sam_loss_targets_follow_flmm(tiny_llava, batch, monkeypatch):
     # round trip through 31x48 moves pixels of the original mask, as in the reference).
     assert not torch.equal(seen[""], resize_masks(gt.float(), (41, 64), "nearest"))
     assert not torch.equal(seen["sam_"], gt.float())
+
+
+# --- memory-flat training steps: the per-sample checkpointed head ----------------------------
+
+
+def _twin_models(tiny_llava, head: dict):
+    """Two models on the same frozen LMM with identical heads: checkpointed and plain."""
+    lmm, tok, _ = tiny_llava
+    adapter = LlavaAdapter(lmm=lmm, tokenizer=tok, processor=None, vision_layers=VISION_LAYERS)
+    plain = GroundingModel(lmm=adapter, head=head, checkpoint_head=False)
+    checkpointed = GroundingModel(lmm=adapter, head=copy.deepcopy(plain.head), checkpoint_head=True)
+    return checkpointed, plain
+
+
+def _step(model, batch):
+    """One training step's losses and gradients, from a fixed RNG state (dropout)."""
+    model.train()
+    torch.manual_seed(1)
+    losses = model(batch, mode="loss")
+    sum(v for k, v in losses.items() if "loss" in k).backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach() for k, v in losses.items()}, grads
+
+
+def _unet_sam_head():
+    from hg_lmm.heads.unet_sam import SAMRefiner, UNetMaskHead, UNetSAMHead
+    from hg_lmm.testing.tiny_sam import tiny_sam
+
+    return dict(
+        type=UNetSAMHead,
+        sam=dict(type=SAMRefiner, model=tiny_sam()),
+        mask_head=dict(type=UNetMaskHead, base_channels=8),
+    )
+
+
+def _with_images(batch):
+    from PIL import Image
+
+    for s in batch:  # the SAM refiner works on the original image
+        h, w = s["image_hw"]
+        s["image"] = Image.new("RGB", (w, h), (90, 120, 200))
+    return batch
+
+
+@pytest.mark.parametrize("family", ["hg", "unet_sam"])
+def test_checkpointed_step_equals_the_plain_step(tiny_llava, batch, family):
+    """Same losses and gradients (1e-5) as keeping every sample's graph; dropout replays the
+    same masks and BatchNorm running statistics are updated once, not again on recompute."""
+    head = dict(type=HGHead) if family == "hg" else _unet_sam_head()
+    if family == "unet_sam":
+        batch = _with_images(batch)
+    checkpointed, plain = _twin_models(tiny_llava, head)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in plain.head.modules()) or (
+        family == "unet_sam"
+    )
+    encoder_calls = []
+    if family == "unet_sam":  # SAM's frozen encoder runs once per sample, not again in backward
+        encoder = checkpointed.head.sam.model.image_encoder
+        encoder.register_forward_hook(lambda *_: encoder_calls.append(1))
+    losses_a, grads_a = _step(checkpointed, batch)
+    losses_b, grads_b = _step(plain, batch)
+    assert losses_a.keys() == losses_b.keys()
+    for k in losses_a:
+        assert torch.allclose(losses_a[k], losses_b[k], atol=1e-6), k
+    assert grads_a.keys() == grads_b.keys()
+    for name, g in grads_a.items():
+        assert g is not None or grads_b[name] is None, name
+        if g is not None:
+            assert torch.allclose(g, grads_b[name], rtol=1e-5, atol=1e-5), name
+    buffers_b = dict(plain.head.named_buffers())
+    for name, buf in checkpointed.head.named_buffers():
+        assert torch.equal(buf, buffers_b[name]), name
+    if family == "hg":
+        assert int(checkpointed.head.lcb.conv1[1].num_batches_tracked) == len(batch)
+    else:
+        assert len(encoder_calls) == len(batch)
+
+
+def _saved_bytes(model, batch) -> int:
+    """Bytes the autograd graph keeps for the backward outside any checkpointed region."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(batch, mode="loss")
+    return total
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def test_checkpointed_graph_keeps_only_the_features(tiny_llava, batch):
+    """With the checkpointed head, the graph keeps each sample's feature tensors, with the
+    attention maps pooled per phrase (`prepare_features`), and nothing of its head; without it,
+    every sample's head activations stay until the backward."""
+    checkpointed, plain = _twin_models(tiny_llava, dict(type=HGHead))
+    extracted = checkpointed.lmm.extract_batch(batch, dtype=None)
+    prepared = [checkpointed.head.prepare_features(f) for f in extracted]
+    features = sum(
+        _nbytes(getattr(f, name))
+        for f in prepared
+        for name in ("attn_prior", "hidden", "vision", "pixel_values")
+    )
+    assert all(f.attn is None for f in prepared)
+    # Each phrase's maps instead of each token's: fewer bytes whenever a phrase has 2+ tokens.
+    assert sum(_nbytes(f.attn_prior) for f in prepared) < sum(_nbytes(f.attn) for f in extracted)
+    assert _saved_bytes(checkpointed, batch) == features
+    assert _saved_bytes(checkpointed, batch[:1]) < features
+    assert _saved_bytes(plain, batch) > 10 * features
+
+
+def test_eval_and_no_grad_do_not_checkpoint(model, batch):
+    """predict (no grad) and eval-mode losses run the head once, without recomputation."""
+    calls = []
+    model.head.register_forward_hook(lambda *_: calls.append(1))
+    model.eval()
+    model(batch, mode="loss")
+    model(batch, mode="predict")
+    assert len(calls) == 2 * len(batch)

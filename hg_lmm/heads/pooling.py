@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
+
+from hg_lmm.lmm.base import LMMFeatures
 
 
 def num_phrases(mask_ids: torch.Tensor) -> int:
@@ -62,3 +66,31 @@ def layer_weighted(hidden: torch.Tensor, layer_weights: torch.Tensor) -> torch.T
     """
     weights = torch.softmax(layer_weights, dim=0)
     return (hidden * weights[:, None, None]).sum(dim=0)
+
+
+def phrase_attention(
+    features: LMMFeatures, dtype: torch.dtype, pooling: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`attention_prior` of `features.attn` in `dtype`, [n, L*H, g, g], or the precomputed
+    `features.attn_prior` (`with_attention_prior`), which holds the same values.
+
+    pooling: optional [n, T] `phrase_pooling(features.mask_ids, dtype)`, to avoid recomputing it.
+    """
+    if features.attn is None:
+        if features.attn_prior is None:
+            raise ValueError("LMMFeatures has neither attn nor attn_prior")
+        return features.attn_prior.to(dtype)
+    if pooling is None:
+        pooling = phrase_pooling(features.mask_ids, dtype=dtype)
+    return attention_prior(features.attn.to(dtype), pooling)
+
+
+@torch.no_grad()
+def with_attention_prior(features: LMMFeatures, dtype: torch.dtype) -> LMMFeatures:
+    """The features with `attn` [L, H, T, g, g] replaced by `attn_prior` [n, L*H, g, g]
+    (`phrase_attention` in `dtype`). The pooling has no parameter, so a head gives the same
+    output on either; a training step keeps n phrase maps per sample instead of T token maps
+    until its backward (`GroundingModel` calls the head's `prepare_features`)."""
+    if features.attn is None:
+        return features
+    return dataclasses.replace(features, attn=None, attn_prior=phrase_attention(features, dtype))

@@ -3,11 +3,25 @@
 An adapter wraps an LMM that never trains. Subclasses say how to preprocess an image, how to turn
 token ids and an image into input embeddings, and which projected vision features to expose; the
 feature gathering (attention rows, hidden states), generation and freezing live here once.
+
+How features are gathered (see hg_lmm.lmm.capture):
+- default: the decoder runs with its own fast attention (load it with
+  `attn_implementation="sdpa"`) and without the LM head, while `RowCapture` computes the
+  attention probabilities of only the query rows the heads read, over the image columns, and
+  keeps only those rows' hidden states. Samples of a batch share one vision pass and one
+  decoder pass (right padding + attention mask).
+- `eager_features=True`: the reference path, one sample at a time: the full decoder with
+  `output_attentions=True, output_hidden_states=True` (eager attention), rows picked afterwards.
+  Both give the same features (tests/lmm check it to 1e-5 in float32).
+- `answer` records the answer tokens' rows during KV-cache generation (one vision pass, no
+  second forward); the reference path generates, then teacher-forces prompt + answer.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +30,12 @@ from PIL import Image
 from torch import nn
 
 from hg_lmm.lmm.base import LMMDims, LMMFeatures
+from hg_lmm.lmm.capture import RowCapture
+
+logger = logging.getLogger(__name__)
+
+# (attn [L, H, T, g, g], hidden [L, T, D], vision [V, N, C]) of one sample, float32.
+FeatureTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -50,22 +70,35 @@ class FrozenLMMAdapter(nn.Module, ABC):
       lmm: the multimodal model; it is put in eval mode and frozen here, and stays so.
       tokenizer: its tokenizer.
       dims: the dims record of `lmm` (what the heads are sized by).
+      eager_features: gather features the reference way (full eager forward with every attention
+        map, one sample at a time; `answer` then teacher-forces a second pass). Slower and
+        O(L*H*T^2) in memory; for checks and benchmarks.
     """
 
-    def __init__(self, *, lmm: nn.Module, tokenizer: Any, dims: LMMDims) -> None:
+    def __init__(
+        self, *, lmm: nn.Module, tokenizer: Any, dims: LMMDims, eager_features: bool = False
+    ) -> None:
         super().__init__()
         self.lmm = lmm
         self.tokenizer = tokenizer
         self.dims = dims
+        self.eager_features = eager_features
         self.lmm.requires_grad_(False)
         self.lmm.eval()
+        impl = getattr(self.language_model.config, "_attn_implementation", None)
+        if impl == "eager" and not eager_features:
+            logger.warning(
+                "the decoder was loaded with attn_implementation='eager': features are exact but "
+                "slower than with 'sdpa' (pass attn_implementation='sdpa' when loading it)"
+            )
 
     # --- what a subclass provides -------------------------------------------------------------
 
     @property
     @abstractmethod
     def language_model(self) -> nn.Module:
-        """The decoder (a `PreTrainedModel` that takes `inputs_embeds`)."""
+        """The decoder with its LM head (a LLaMA-family `PreTrainedModel` taking `inputs_embeds`;
+        `get_decoder()` gives it without the head)."""
 
     @property
     @abstractmethod
@@ -81,12 +114,13 @@ class FrozenLMMAdapter(nn.Module, ABC):
         """Image -> (pixel_values [3, S, S], meta record)."""
 
     @abstractmethod
-    def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[1, 3, S, S] -> (decoder image embeddings [N, D], vision features [V, N, C])."""
+    def encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, S, S] -> (decoder image embeddings [B, N, D], vision features [B, V, N, C])."""
 
     @abstractmethod
     def embed_inputs(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> EmbeddedInputs:
-        """Token ids [T] (with the LMM's image token(s)) + image embeddings -> decoder inputs."""
+        """Token ids [T] (with the LMM's image token(s)) + image embeddings [N, D] -> decoder
+        inputs."""
 
     # --- frozen by construction ---------------------------------------------------------------
 
@@ -104,27 +138,100 @@ class FrozenLMMAdapter(nn.Module, ABC):
     def dtype(self) -> torch.dtype:
         return next(self.lmm.parameters()).dtype
 
+    def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[1, 3, S, S] -> (decoder image embeddings [N, D], vision features [V, N, C])."""
+        image_embeds, vision = self.encode_images(pixel_values)
+        return image_embeds[0], vision[0]
+
+    def _pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return pixel_values.to(self.device, self.dtype)
+
     # --- features ---------------------------------------------------------------------------
 
-    @torch.no_grad()
     def features(
         self,
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor,
         query: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> FeatureTensors:
         """Teacher-forced features of the tokens `query` (indices into `input_ids`).
 
         Shapes: input_ids [T_all], pixel_values [3, S, S], query [T] ->
         (attn [L, H, T, g, g] float32, hidden [L, T, D] float32, vision [V, N, C] float32).
         """
-        g = self.dims.grid
-        pixel_values = pixel_values.to(self.device, self.dtype)[None]
-        image_embeds, vision = self.encode_image(pixel_values)
+        return self.features_batch([input_ids], pixel_values[None], [query])[0]
+
+    @torch.no_grad()
+    def features_batch(
+        self,
+        input_ids: Sequence[torch.Tensor],
+        pixel_values: torch.Tensor,
+        queries: Sequence[torch.Tensor],
+        dtype: torch.dtype | None = torch.float32,
+    ) -> list[FeatureTensors]:
+        """`features` of B samples, with one vision pass and one decoder pass for all of them.
+
+        Shapes: input_ids B x [T_b], pixel_values [B, 3, S, S], queries B x [R_b] -> per sample
+        (attn [L, H, R_b, g, g], hidden [L, R_b, D], vision [V, N, C]) in `dtype` (None: the
+        LMM's own, half the size for a bf16 LMM and no less precise than its outputs).
+        Sequences are right-padded and masked, which leaves every real token's features as
+        alone (causal attention never looks right).
+        """
+        if not (len(input_ids) == len(queries) == len(pixel_values)):
+            raise ValueError(
+                f"got {len(input_ids)} token sequences, {len(pixel_values)} images and "
+                f"{len(queries)} queries; pass one of each per sample"
+            )
+        dtype = dtype or self.dtype
+        if self.eager_features:
+            return [
+                tuple(t.to(dtype) for t in self._eager_features(ids, px, q))
+                for ids, px, q in zip(input_ids, pixel_values, queries)
+            ]
+        image_embeds, vision = self.encode_images(self._pixels(pixel_values))
+        inputs = [
+            self.embed_inputs(ids.to(self.device), emb) for ids, emb in zip(input_ids, image_embeds)
+        ]
+        rows = [self._query_positions(x, q) for x, q in zip(inputs, queries)]
+        embeds, key_mask = _pad_right([x.embeds[0] for x in inputs])
+        padded = not bool(key_mask.all())
+        decoder = self.language_model.get_decoder()
+        with RowCapture(
+            decoder,
+            rows=_pad_right(rows)[0],  # shorter samples' padding rows read position 0
+            columns=torch.stack([x.image_positions for x in inputs]),
+            key_mask=key_mask if padded else None,
+            release_cache=True,
+        ) as capture:
+            # The cache only hands the post-RoPE keys to the capture, layer by layer.
+            decoder(
+                inputs_embeds=embeds,
+                attention_mask=key_mask.long() if padded else None,
+                use_cache=True,
+                return_dict=True,
+            )
+        attn, hidden, g = capture.attn, capture.hidden, self.dims.grid
+        del capture  # its per-layer records, now stacked into attn and hidden
+        # With several samples, each gets its own storage rather than a view of the batch's, so
+        # that a training step frees a sample's features as soon as its backward is done.
+        copy = len(rows) > 1
+        return [
+            (
+                attn[:, b, :, : len(r)].unflatten(-1, (g, g)).to(dtype, copy=copy),
+                hidden[:, b, : len(r)].to(dtype, copy=copy),
+                vision[b].to(dtype, copy=copy),
+            )
+            for b, r in enumerate(rows)
+        ]
+
+    @torch.no_grad()
+    def _eager_features(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor, query: torch.Tensor
+    ) -> FeatureTensors:
+        """The reference path for one sample: every attention map and hidden state, then rows."""
+        image_embeds, vision = self.encode_image(self._pixels(pixel_values)[None])
         inputs = self.embed_inputs(input_ids.to(self.device), image_embeds)
-        positions = inputs.token_positions[query.to(inputs.token_positions.device)]
-        if (positions < 0).any():
-            raise ValueError("query tokens must be text tokens, not image placeholders")
+        positions = self._query_positions(inputs, query)
         out = self.language_model(
             inputs_embeds=inputs.embeds,
             output_attentions=True,
@@ -135,13 +242,20 @@ class FrozenLMMAdapter(nn.Module, ABC):
         if out.attentions is None or out.attentions[0] is None:
             raise RuntimeError(
                 "the decoder returned no attention probabilities; load it with "
-                "attn_implementation='eager'"
+                "attn_implementation='eager' or 'sdpa' for eager_features=True"
             )
         img = inputs.image_positions
         attn = torch.stack([a[0][:, positions][:, :, img] for a in out.attentions])
-        attn = attn.unflatten(-1, (g, g))
+        attn = attn.unflatten(-1, (self.dims.grid, self.dims.grid))
         hidden = torch.stack(out.hidden_states[1:])[:, 0, positions]
         return attn.float(), hidden.float(), vision.float()
+
+    @staticmethod
+    def _query_positions(inputs: EmbeddedInputs, query: torch.Tensor) -> torch.Tensor:
+        positions = inputs.token_positions[query.to(inputs.token_positions.device)]
+        if (positions < 0).any():
+            raise ValueError("query tokens must be text tokens, not image placeholders")
+        return positions
 
     def _caption_query(self, mask_ids: torch.Tensor, caption_start: int | None) -> torch.Tensor:
         if caption_start is None:
@@ -158,36 +272,52 @@ class FrozenLMMAdapter(nn.Module, ABC):
         and either `image` (PIL) or `pixel_values` [3, S, S] with `meta`. The caption starts at
         `caption_start` when given, else at the first token with a phrase.
         """
-        input_ids = torch.as_tensor(sample["input_ids"], dtype=torch.long)
-        mask_ids = torch.as_tensor(sample["mask_ids"], dtype=torch.long)
-        if input_ids.shape != mask_ids.shape:
-            raise ValueError(
-                f"input_ids {tuple(input_ids.shape)} and mask_ids {tuple(mask_ids.shape)} differ"
-            )
-        if "pixel_values" in sample:
-            pixel_values, meta = sample["pixel_values"], sample["meta"]
-        else:
-            pixel_values, meta = self.preprocess(sample["image"])
-        query = self._caption_query(mask_ids, sample.get("caption_start"))
-        attn, hidden, vision = self.features(input_ids, pixel_values, query)
-        return LMMFeatures(
-            attn=attn,
-            hidden=hidden,
-            vision=vision,
-            pixel_values=pixel_values.float(),
-            mask_ids=mask_ids[query],
-            meta=meta,
-            token_ids=input_ids[query],
-        )
+        return self.extract_batch([sample])[0]
 
-    @torch.no_grad()
-    def generate_ids(
-        self, input_ids: torch.Tensor, pixel_values: torch.Tensor, max_new_tokens: int
-    ) -> torch.Tensor:
-        """Greedy decoding from the prompt; the new token ids [T_new] (stop token dropped)."""
-        image_embeds, _ = self.encode_image(pixel_values.to(self.device, self.dtype)[None])
-        inputs = self.embed_inputs(input_ids.to(self.device), image_embeds)
-        out = self.language_model.generate(
+    def extract_batch(
+        self, samples: Sequence[dict[str, Any]], dtype: torch.dtype | None = torch.float32
+    ) -> list[LMMFeatures]:
+        """`extract` of several samples through one batched frozen forward (`features_batch`);
+        attn, hidden and vision in `dtype` (None: the LMM's own)."""
+        prepared = []
+        for sample in samples:
+            input_ids = torch.as_tensor(sample["input_ids"], dtype=torch.long)
+            mask_ids = torch.as_tensor(sample["mask_ids"], dtype=torch.long)
+            if input_ids.shape != mask_ids.shape:
+                raise ValueError(
+                    f"input_ids {tuple(input_ids.shape)} and mask_ids {tuple(mask_ids.shape)} "
+                    "differ"
+                )
+            if "pixel_values" in sample:
+                pixel_values, meta = sample["pixel_values"], sample["meta"]
+            else:
+                pixel_values, meta = self.preprocess(sample["image"])
+            query = self._caption_query(mask_ids, sample.get("caption_start"))
+            prepared.append((input_ids, mask_ids, torch.as_tensor(pixel_values), meta, query))
+        if not prepared:
+            return []
+        ids, mids, pixels, metas, queries = zip(*prepared)
+        tensors = self.features_batch(ids, torch.stack(pixels), queries, dtype)
+        return [
+            LMMFeatures(
+                attn=attn,
+                hidden=hidden,
+                vision=vision,
+                pixel_values=px.float(),
+                mask_ids=m[q],
+                meta=meta,
+                token_ids=i[q],
+            )
+            for (attn, hidden, vision), i, m, px, meta, q in zip(
+                tensors, ids, mids, pixels, metas, queries
+            )
+        ]
+
+    # --- generation -------------------------------------------------------------------------
+
+    def _generate(self, inputs: EmbeddedInputs, max_new_tokens: int) -> Any:
+        """Greedy `generate` from the prompt embeddings (HF's output with its KV cache)."""
+        return self.language_model.generate(
             inputs_embeds=inputs.embeds,
             attention_mask=torch.ones(
                 inputs.embeds.shape[:2], dtype=torch.long, device=self.device
@@ -197,27 +327,74 @@ class FrozenLMMAdapter(nn.Module, ABC):
             num_beams=1,
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            return_dict_in_generate=True,
         )
-        new = out[0]  # with inputs_embeds only, generate returns just the new tokens
+
+    def _new_tokens(self, out: Any) -> torch.Tensor:
+        new = out.sequences[0]  # with inputs_embeds only, generate returns just the new tokens
         if len(new) and new[-1] == self.tokenizer.eos_token_id:
             new = new[:-1]
-        return new.cpu()
+        return new
+
+    @torch.no_grad()
+    def generate_ids(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor, max_new_tokens: int
+    ) -> torch.Tensor:
+        """Greedy decoding from the prompt; the new token ids [T_new] (stop token dropped)."""
+        image_embeds, _ = self.encode_image(self._pixels(pixel_values)[None])
+        inputs = self.embed_inputs(input_ids.to(self.device), image_embeds)
+        return self._new_tokens(self._generate(inputs, max_new_tokens)).cpu()
+
+    @torch.no_grad()
+    def generate_with_features(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor, max_new_tokens: int
+    ) -> tuple[torch.Tensor, FeatureTensors | None]:
+        """Greedy decoding that records the new tokens' features while it generates.
+
+        Shapes: input_ids [T_prompt], pixel_values [3, S, S] -> (new ids [T] (stop token
+        dropped), (attn [L, H, T, g, g], hidden [L, T, D], vision [V, N, C]) float32, or None
+        when T = 0). The features equal `features` of prompt + new ids at the new tokens. One
+        vision pass; each generated token's rows are recorded when it is fed back, and the last
+        one, which `generate` never feeds, gets one more cached decoder step.
+        """
+        image_embeds, vision = self.encode_image(self._pixels(pixel_values)[None])
+        inputs = self.embed_inputs(input_ids.to(self.device), image_embeds)
+        decoder = self.language_model.get_decoder()
+        with RowCapture(
+            decoder, columns=inputs.image_positions[None], from_position=inputs.embeds.shape[1]
+        ) as capture:
+            out = self._generate(inputs, max_new_tokens)
+            new = self._new_tokens(out)
+            if len(new) and capture.num_rows == len(new) - 1:
+                last = self.language_model.get_input_embeddings()(new[-1:])[None]
+                decoder(inputs_embeds=last, past_key_values=out.past_key_values, use_cache=True)
+        t = len(new)
+        if t == 0:
+            return new.cpu(), None
+        if capture.num_rows < t:
+            raise RuntimeError(f"recorded {capture.num_rows} rows for {t} generated tokens")
+        attn = capture.attn[:, 0, :, :t].unflatten(-1, (self.dims.grid, self.dims.grid))
+        return new.cpu(), (attn.float(), capture.hidden[:, 0, :t].float(), vision.float())
 
     def answer(self, image: Image.Image, question: str, max_new_tokens: int = 64) -> Answer:
-        """Answer a question greedily, then return the features of the generated tokens.
+        """Answer a question greedily and return the features of the generated tokens.
 
-        The features come from one teacher-forced pass over prompt + answer, so they are exactly
-        those `extract` gives for the same text (what `ground` later consumes).
+        The features are recorded during generation; they equal what `extract` gives for
+        prompt + answer (the reference path, `eager_features=True`, computes them that way).
         """
         pixel_values, meta = self.preprocess(image)
         prompt_ids = torch.tensor(self.tokenizer(self.chat_prompt(question)).input_ids)
-        new_ids = self.generate_ids(prompt_ids, pixel_values, max_new_tokens)
-        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-        if len(new_ids) == 0:
+        if self.eager_features:
+            new_ids, tensors = self.generate_ids(prompt_ids, pixel_values, max_new_tokens), None
+            if len(new_ids):
+                query = torch.arange(len(prompt_ids), len(prompt_ids) + len(new_ids))
+                tensors = self.features(torch.cat([prompt_ids, new_ids]), pixel_values, query)
+        else:
+            new_ids, tensors = self.generate_with_features(prompt_ids, pixel_values, max_new_tokens)
+        if tensors is None:
             raise ValueError(f"the LMM generated an empty answer to {question!r}")
-        all_ids = torch.cat([prompt_ids, new_ids])
-        query = torch.arange(len(prompt_ids), len(all_ids))
-        attn, hidden, vision = self.features(all_ids, pixel_values, query)
+        attn, hidden, vision = tensors
+        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
         feats = LMMFeatures(
             attn=attn,
             hidden=hidden,
@@ -228,3 +405,14 @@ class FrozenLMMAdapter(nn.Module, ABC):
             token_ids=new_ids,
         )
         return Answer(text=text, token_ids=new_ids, features=feats)
+
+
+def _pad_right(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """B tensors [T_b, ...] -> (zero-padded [B, T_max, ...], valid mask [B, T_max] bool)."""
+    longest = max(len(s) for s in seqs)
+    out = seqs[0].new_zeros((len(seqs), longest, *seqs[0].shape[1:]))
+    mask = torch.zeros((len(seqs), longest), dtype=torch.bool, device=seqs[0].device)
+    for b, s in enumerate(seqs):
+        out[b, : len(s)] = s
+        mask[b, : len(s)] = True
+    return out, mask

@@ -50,16 +50,20 @@ class LMMFeatures:
     """Frozen-LMM features of one sample, restricted to its T caption (or answer) tokens.
 
     Fields:
-      attn: [L, H, T, g, g] attention probabilities from caption tokens to the image tokens.
+      attn: [L, H, T, g, g] attention probabilities from caption tokens to the image tokens;
+        None once a head's `prepare_features` has replaced it by `attn_prior`.
       hidden: [L, T, D] hidden states (HF `hidden_states[1:]`, the last one after the final norm).
       vision: [V, N, C] multi-layer vision features through the LMM's own projector.
       pixel_values: [3, S, S] the tensor the vision tower received.
       mask_ids: [T] long, the phrase index of each token or -1.
       meta: processor record: image_shape, padded_shape, padding (see hg_lmm.lmm.processors).
       token_ids: [T] long, the caption token ids (for decoding and debugging).
+      attn_prior: [n, L*H, g, g] each phrase's mean attention maps (`attention_prior` of `attn`
+        in the head's dtype), or None. A training step keeps these n maps per sample until its
+        backward instead of the T token maps (hg_lmm.heads.pooling.with_attention_prior).
     """
 
-    attn: torch.Tensor
+    attn: torch.Tensor | None
     hidden: torch.Tensor
     vision: torch.Tensor
     pixel_values: torch.Tensor
@@ -67,6 +71,7 @@ class LMMFeatures:
     meta: dict[str, Any]
     token_ids: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    attn_prior: torch.Tensor | None = None
 
 
 def check_features(
@@ -80,23 +85,32 @@ def check_features(
     """Raise a ValueError naming the field when `features` do not have the shapes of `dims`.
 
     owner: who consumes them (named in the message, e.g. "the HG head").
-    fields: which fields that consumer reads.
+    fields: which fields that consumer reads ("attn" is satisfied by `attn_prior` [n, L*H, g, g]
+      when attn is None).
     num_vision_layers: V for `vision` [V, N, C] (None: any V).
     """
     d, f = dims, features
     t = f.mask_ids.shape[0] if f.mask_ids.dim() == 1 else -1
+    n = int(f.mask_ids.max()) + 1 if f.mask_ids.numel() else 0
     v = num_vision_layers if num_vision_layers is not None else f.vision.shape[0]
     expected = {
         "attn": (d.num_layers, d.num_heads, t, d.grid, d.grid),
         "hidden": (d.num_layers, t, d.hidden_size),
         "vision": (v, d.num_image_tokens, d.vision_channels),
         "pixel_values": (3, d.image_size, d.image_size),
+        "attn_prior": (n, d.attn_channels, d.grid, d.grid),
     }
     for name in fields:
+        if name == "attn" and f.attn is None:
+            name = "attn_prior"
+            if f.attn_prior is None:
+                raise ValueError(
+                    f"LMMFeatures has neither attn nor attn_prior, which {owner} reads"
+                )
         shape = tuple(getattr(f, name).shape)
         if shape != expected[name]:
             raise ValueError(
                 f"LMMFeatures.{name} has shape {shape}, but {owner} built for {d} expects "
-                f"{expected[name]} (T = len(mask_ids)); check the adapter's output or build "
-                "the head from that adapter's dims"
+                f"{expected[name]} (T = len(mask_ids), n = its phrases); check the adapter's "
+                "output or build the head from that adapter's dims"
             )

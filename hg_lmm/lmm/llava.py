@@ -29,10 +29,12 @@ class LlavaAdapter(FrozenLMMAdapter):
     """Frozen LLaVA-1.5.
 
     Arguments:
-      lmm: a `LlavaForConditionalGeneration` loaded with `attn_implementation="eager"`.
+      lmm: a `LlavaForConditionalGeneration` (load it with `attn_implementation="sdpa"`; the
+        attention rows are recorded alongside, see hg_lmm.lmm.capture).
       tokenizer: its tokenizer (must know `<image>`).
       processor: image -> (pixel_values [3, S, S], meta): long side to S, centred pad, CLIP norm.
       vision_layers: CLIP blocks (0-based) whose outputs form the vision features.
+      eager_features: use the reference feature path (see `FrozenLMMAdapter`).
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class LlavaAdapter(FrozenLMMAdapter):
         tokenizer: Any,
         processor: Callable[[Image.Image], tuple[torch.Tensor, dict]],
         vision_layers: Sequence[int] = DEFAULT_VISION_LAYERS,
+        eager_features: bool = False,
     ) -> None:
         cfg = lmm.config
         vcfg, tcfg = cfg.vision_config, cfg.text_config
@@ -64,7 +67,7 @@ class LlavaAdapter(FrozenLMMAdapter):
             vision_layers=tuple(vision_layers),
             image_size=vcfg.image_size,
         )
-        super().__init__(lmm=lmm, tokenizer=tokenizer, dims=dims)
+        super().__init__(lmm=lmm, tokenizer=tokenizer, dims=dims, eager_features=eager_features)
         self.processor = processor
         self.image_token_id = cfg.image_token_index
         if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != self.image_token_id:
@@ -86,13 +89,13 @@ class LlavaAdapter(FrozenLMMAdapter):
     def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, dict]:
         return self.processor(image)
 
-    def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[1, 3, S, S] -> (decoder image embeddings [N, D], vision features [V, N, C])."""
+    def encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, S, S] -> (decoder image embeddings [B, N, D], vision features [B, V, N, C])."""
         out = self.lmm.vision_tower(pixel_values, output_hidden_states=True)
         states = out.hidden_states  # [0] = embeddings, [i + 1] = output of block i
         project = self.lmm.multi_modal_projector
-        image_embeds = project(states[self.lmm.config.vision_feature_layer][:, 1:])[0]
-        picked = torch.cat([states[i + 1][:, 1:] for i in self.dims.vision_layers])
+        image_embeds = project(states[self.lmm.config.vision_feature_layer][:, 1:])
+        picked = torch.stack([states[i + 1][:, 1:] for i in self.dims.vision_layers], dim=1)
         return image_embeds, project(picked)
 
     def embed_inputs(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> EmbeddedInputs:
@@ -115,14 +118,17 @@ def build_llava_adapter(
     model_path: str | Path,
     vision_layers: Sequence[int] = DEFAULT_VISION_LAYERS,
     torch_dtype: str | torch.dtype = "bfloat16",
+    eager_features: bool = False,
 ) -> LlavaAdapter:
-    """Load a LLaVA-1.5 repo (hub id or local folder) with eager attention, its tokenizer and
-    our letterbox processor (mean/std from the repo's `preprocessor_config.json` when present)."""
+    """Load a LLaVA-1.5 repo (hub id or local folder) with SDPA attention, its tokenizer and
+    our letterbox processor (mean/std from the repo's `preprocessor_config.json` when present).
+
+    eager_features: the reference feature path (see `FrozenLMMAdapter`)."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
     dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
     lmm = LlavaForConditionalGeneration.from_pretrained(
-        model_path, torch_dtype=dtype, attn_implementation="eager", low_cpu_mem_usage=True
+        model_path, torch_dtype=dtype, attn_implementation="sdpa", low_cpu_mem_usage=True
     )
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     mean, std = CLIP_MEAN, CLIP_STD
@@ -136,5 +142,9 @@ def build_llava_adapter(
         image_size=lmm.config.vision_config.image_size, image_mean=mean, image_std=std
     )
     return LlavaAdapter(
-        lmm=lmm, tokenizer=tokenizer, processor=processor, vision_layers=vision_layers
+        lmm=lmm,
+        tokenizer=tokenizer,
+        processor=processor,
+        vision_layers=vision_layers,
+        eager_features=eager_features,
     )

@@ -143,7 +143,7 @@ def tiny_deepseek_vl(
 ):
     """Build, save and reload a tiny random DeepSeek-VL; returns (model, tokenizer, save_dir).
 
-    The model (eager attention, eval mode), the tokenizer and `preprocessor_config.json` are
+    The model (SDPA attention, eval mode), the tokenizer and `preprocessor_config.json` are
     written to `save_dir`; the model is loaded back with `AutoModelForCausalLM.from_pretrained`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -164,7 +164,7 @@ def tiny_deepseek_vl(
         model = randomize_(MultiModalityCausalLM(config), seed=seed)
     model.save_pretrained(save_dir)
     tiny_image_processor(style).save_pretrained(save_dir)
-    model = AutoModelForCausalLM.from_pretrained(save_dir, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(save_dir, attn_implementation="sdpa")
     return model.eval(), AutoTokenizer.from_pretrained(save_dir), save_dir
 
 

@@ -154,7 +154,8 @@ def tiny_llava(save_dir: str | Path, *, seed: int = 0, **config_kwargs):
     """Build, save and reload a tiny random LLaVA; returns (model, tokenizer, save_dir).
 
     The model and tokenizer are written to `save_dir` with `save_pretrained` and read back with
-    `from_pretrained` (eager attention, so `output_attentions=True` returns probabilities).
+    `from_pretrained` (SDPA attention, as the builders load real models; `output_attentions=True`
+    falls back to the eager attention and returns probabilities).
     """
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
@@ -165,7 +166,7 @@ def tiny_llava(save_dir: str | Path, *, seed: int = 0, **config_kwargs):
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config)
     model.save_pretrained(save_dir)
-    model = LlavaForConditionalGeneration.from_pretrained(save_dir, attn_implementation="eager")
+    model = LlavaForConditionalGeneration.from_pretrained(save_dir, attn_implementation="sdpa")
     return model.eval(), AutoTokenizer.from_pretrained(save_dir), save_dir
 
 

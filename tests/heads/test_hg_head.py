@@ -292,6 +292,21 @@ def test_feature_shape_mismatch_names_the_field():
         head(features)
 
 
+def test_prepared_features_give_the_same_logits():
+    """`prepare_features` pools the attention maps per phrase (n maps instead of T) and the head
+    gives bit-identical logits on them; a wrong-shaped prior is named like any field."""
+    dims = _tiny_dims()
+    head = HGHead(dims=dims).eval()
+    features = _random_features(dims, [-1, 0, 0, 1, 2, 2, 2], _letterbox_meta(24, 24, 24))
+    prepared = head.prepare_features(features)
+    assert prepared.attn is None and prepared.attn_prior.shape == (3, 8, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(head(prepared), head(features))
+    prepared.attn_prior = prepared.attn_prior[:2]
+    with pytest.raises(ValueError, match="LMMFeatures.attn_prior"):
+        head(prepared)
+
+
 def test_phrase_embeddings_are_token_means():
     dims = _tiny_dims()
     head = HGHead(dims=dims).eval()

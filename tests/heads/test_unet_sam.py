@@ -279,6 +279,21 @@ def test_text_prompts_keep_every_token(tiny_head):
     torch.testing.assert_close(embeds[2], head.text_proj(hbar[5:8]))
 
 
+def test_prepared_features_give_the_same_logits(tiny_head):
+    """The U-Net reads each phrase's mean attention maps: the same logits from the prior that
+    `prepare_features` computes (float32 [n, L*H, g, g]) as from the token maps."""
+    head, dims = tiny_head
+    features, image = _tiny_sample(dims, [-1, 0, 0, 1, -1, 2, 2, 2])
+    prepared = head.prepare_features(features)
+    assert prepared.attn is None and prepared.attn_prior.shape == (3, 4, 6, 6)
+    assert prepared.attn_prior.dtype == torch.float32
+    head.eval()
+    with torch.no_grad():
+        a, b = head(prepared, image), head(features, image)
+    assert torch.equal(a.mask_logits, b.mask_logits)
+    assert torch.equal(a.refined_logits, b.refined_logits)
+
+
 def test_forward_backward_tiny_sam(tiny_head):
     head, dims = tiny_head
     features, image = _tiny_sample(dims, [-1, 0, 0, 1, -1, 2, 2, 2])

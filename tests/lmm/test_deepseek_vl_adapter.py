@@ -185,19 +185,25 @@ def test_answer_features_equal_teacher_forced(built):
 
 
 def test_generation_stops_at_eos_and_drops_it(built, monkeypatch):
-    """With the stop token set to the 3rd greedy token, decoding ends just before it."""
+    """With the stop token set to a later greedy token, decoding ends just before it."""
     _, _, adapter = built
     pixel_values, _ = adapter.preprocess(_image(1))
     prompt = torch.tensor(adapter.tokenizer(adapter.chat_prompt(QUESTION)).input_ids)
     full = adapter.generate_ids(prompt, pixel_values, max_new_tokens=6)
     assert len(full) == 6, "the random tiny model should not emit its eos within 6 tokens"
-    stop = int(full[2])
+    later = [int(t) for t in full[1:] if t != full[0]]
+    assert later, f"the tiny model repeats one token ({full.tolist()}); pick another image"
+    stop = later[0]  # the answer before it is not empty
     tok = copy.deepcopy(adapter.tokenizer)
     tok.eos_token = tok.convert_ids_to_tokens(stop)
     monkeypatch.setattr(adapter, "tokenizer", tok)
     cut = adapter.generate_ids(prompt, pixel_values, max_new_tokens=6)
     first = int((full == stop).nonzero()[0])
     assert torch.equal(cut, full[:first])
+    # Stopped by the stop token, every answer token was fed back during generation (no extra
+    # step); its features still equal the teacher-forced ones.
+    ans = check_answer_is_teacher_forced(adapter, _image(1), QUESTION)
+    assert torch.equal(ans.token_ids, cut)
 
 
 def test_embed_inputs_needs_one_expanded_image(built):
@@ -225,7 +231,10 @@ def test_builder_round_trip(built, tmp_path, caplog):
         loaded = build_deepseek_vl_adapter(model_path=tmp_path, torch_dtype="float32")
     assert "preprocessor_config.json" in caplog.text
     assert vars(loaded.processor) == vars(tiny_image_processor(style))
-    assert loaded.lmm.config.language_config._attn_implementation == "eager"
+    # The builder loads the decoder with SDPA: features record their rows alongside it.
+    assert loaded.lmm.config.language_config._attn_implementation == "sdpa"
+    layer = loaded.language_model.model.layers[0]
+    assert type(layer.self_attn).__name__ == "LlamaSdpaAttention"
     ref, new = adapter.lmm.state_dict(), loaded.lmm.state_dict()
     assert ref.keys() == new.keys() and all(torch.equal(ref[k], new[k]) for k in ref)
     assert loaded.dims == adapter.dims
@@ -242,8 +251,16 @@ def test_builder_dtype_and_layer_overrides(built):
         model_path=save_dir, torch_dtype="bfloat16", vision_layers=layers, high_res_layers=layers
     )
     assert adapter.dtype == torch.bfloat16 and adapter.dims.vision_layers == layers
-    feats = adapter.extract(_sample(adapter))
+    sample = _sample(adapter)
+    feats = adapter.extract(sample)
     assert feats.attn.dtype == torch.float32 and feats.vision.shape[0] == len(layers)
+    # In the LMM's own dtype (what a training step keeps): the same values, rounded.
+    native = adapter.extract_batch([sample], dtype=None)[0]
+    assert {native.attn.dtype, native.hidden.dtype, native.vision.dtype} == {torch.bfloat16}
+    assert torch.equal(native.vision.float(), feats.vision)
+    assert torch.equal(native.hidden.float(), feats.hidden)
+    assert torch.allclose(native.attn.float(), feats.attn, rtol=1e-2, atol=1e-6)
+    assert native.pixel_values.dtype == torch.float32
 
 
 def test_bad_tokenizer(built, tmp_path):

@@ -16,7 +16,12 @@ from hg_lmm.heads.hg.lcb import LCB
 from hg_lmm.heads.hg.ldsi import LDSI
 from hg_lmm.heads.hg.lifg import LIFG, NUM_STAGES, NUM_VISION_LAYERS, TEXT_DIM
 from hg_lmm.heads.hg.sizes import hg_geometry
-from hg_lmm.heads.pooling import attention_prior, layer_weighted, phrase_pooling
+from hg_lmm.heads.pooling import (
+    layer_weighted,
+    phrase_attention,
+    phrase_pooling,
+    with_attention_prior,
+)
 from hg_lmm.lmm.base import LMMDims, LMMFeatures, check_features
 from hg_lmm.utils.masks import unpad_to_image
 
@@ -94,11 +99,17 @@ class HGHead(nn.Module):
         dtype = self._dtype()
         pooling = phrase_pooling(features.mask_ids, dtype=dtype)
         text = self.phrase_embeddings(features.hidden, features.mask_ids, pooling)
-        prior = attention_prior(features.attn.to(dtype), pooling)
+        prior = phrase_attention(features, dtype, pooling)
         phrase_features = self.lifg(features.vision.to(dtype), text)
         shallow = self.lcb(features.pixel_values.to(dtype)[None])
         stages = self.ldsi(phrase_features, prior, shallow)
         return self.fuse_maskhead(stages)
+
+    def prepare_features(self, features: LMMFeatures) -> LMMFeatures:
+        """The parameter-free part of `forward` on the features: attn replaced by each phrase's
+        mean attention maps in the head's dtype (`with_attention_prior`); `forward` gives the
+        same logits on either. `GroundingModel` calls it before the recomputed part of a step."""
+        return with_attention_prior(features, self._dtype())
 
     def forward(self, features: LMMFeatures) -> torch.Tensor:
         """Phrase logits on the image: [n, h, w], (h, w) = features.meta image_shape.

@@ -16,7 +16,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from hg_lmm.heads.pooling import attention_prior, layer_weighted, phrase_pooling
+from hg_lmm.heads.pooling import (
+    layer_weighted,
+    phrase_attention,
+    phrase_pooling,
+    with_attention_prior,
+)
 from hg_lmm.heads.unet_sam.sam_refiner import SAMImage, SAMRefiner
 from hg_lmm.heads.unet_sam.unet import UNetMaskHead
 from hg_lmm.lmm.base import LMMDims, LMMFeatures, check_features
@@ -128,9 +133,18 @@ class UNetSAMHead(nn.Module):
         and run through the U-Net.
         """
         check_features(features, self.dims, owner="the U-Net+SAM head", fields=("attn", "hidden"))
-        pooling = phrase_pooling(features.mask_ids, dtype=torch.float32)
-        prior = attention_prior(features.attn.float(), pooling)
-        return self.mask_head(prior)
+        return self.mask_head(phrase_attention(features, torch.float32))
+
+    def prepare_features(self, features: LMMFeatures) -> LMMFeatures:
+        """The parameter-free part of `forward` on the features: attn replaced by each phrase's
+        mean attention maps in float32 (`with_attention_prior`), the U-Net's input; `forward`
+        gives the same logits on either. `GroundingModel` calls it before the recomputed part."""
+        return with_attention_prior(features, torch.float32)
+
+    def prepare_image(self, image: ImageLike | SAMImage) -> SAMImage:
+        """The frozen, per-image part of `forward`: the image resized and encoded by SAM's
+        image encoder. `GroundingModel` calls it once per sample, outside the recomputed head."""
+        return self.sam.embed_image(image)
 
     def forward(self, features: LMMFeatures, image: ImageLike | SAMImage) -> UNetSAMOutput:
         """Coarse and refined logits for every phrase of one sample.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +65,14 @@ class SAMImage:
       pixels: [3, h, w] float32 RGB in 0..255, long side = the encoder's input size; (h, w) is
         SAM's `input_size`.
       original_size: (H, W) of the image the masks are predicted for.
+      embeddings: [1, E, e, e] SAM image embeddings once encoded (`SAMRefiner.embed_image`), so
+        that the frozen encoder runs once per image, e.g. not again when the trainable part is
+        recomputed in the backward; None until then.
     """
 
     pixels: torch.Tensor
     original_size: tuple[int, int]
+    embeddings: torch.Tensor | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -161,12 +165,20 @@ class SAMRefiner(nn.Module):
 
     @torch.no_grad()
     def encode_image(self, image: ImageLike | SAMImage) -> torch.Tensor:
-        """SAM image embeddings [1, E, e, e] (e = image_size / patch size), without autograd."""
+        """SAM image embeddings [1, E, e, e] (e = image_size / patch size), without autograd
+        (those of a `SAMImage` that carries them already)."""
         image = self.prepare_image(image)
+        if image.embeddings is not None:
+            return image.embeddings
         x = image.pixels.to(self.model.device, torch.float32)[None]
         x = self.model.preprocess(x)  # normalise, zero-pad bottom/right to the square frame
         dtype = self.model.image_encoder.patch_embed.proj.weight.dtype
         return self.model.image_encoder(x.to(dtype))
+
+    def embed_image(self, image: ImageLike | SAMImage) -> SAMImage:
+        """The prepared image with its SAM embeddings attached (see `SAMImage.embeddings`)."""
+        image = self.prepare_image(image)
+        return replace(image, embeddings=self.encode_image(image))
 
     def mask_prompts(
         self, coarse_logits: torch.Tensor, input_size: tuple[int, int]

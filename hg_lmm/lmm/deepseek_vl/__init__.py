@@ -3,7 +3,7 @@
 Importing this subpackage registers the "multi_modality" config and model with transformers'
 Auto classes (`register()` does it, idempotently), so that
 
-    AutoModelForCausalLM.from_pretrained(local_dir, attn_implementation="eager")
+    AutoModelForCausalLM.from_pretrained(local_dir, attn_implementation="sdpa")
 
 loads a released checkpoint (or a tiny test model) into `MultiModalityCausalLM`.
 `import hg_lmm` and `import hg_lmm.lmm` never trigger this.

@@ -44,11 +44,13 @@ class DeepseekVLAdapter(FrozenLMMAdapter):
     """Frozen DeepSeek-VL.
 
     Arguments:
-      lmm: a `MultiModalityCausalLM` loaded with `attn_implementation="eager"`; its config sets
-        the selected vision layers (`vision_feature_layers`, and `high_res_feature_layers` for
-        the hybrid tower).
+      lmm: a `MultiModalityCausalLM` (load it with `attn_implementation="sdpa"`; the attention
+        rows are recorded alongside, see hg_lmm.lmm.capture); its config sets the selected
+        vision layers (`vision_feature_layers`, and `high_res_feature_layers` for the hybrid
+        tower).
       tokenizer: its tokenizer (must know `<image_placeholder>`; its eos token ends generation).
       processor: image -> (pixel_values [3, S, S], meta), S = the vision input size (1024 for 7B).
+      eager_features: use the reference feature path (see `FrozenLMMAdapter`).
 
     dims: L, H, D from `language_config`; g = the SigLIP grid; C = the aligner output width;
     vision_layers = the selected SigLIP blocks (each paired with a SAM block in the 7B tower);
@@ -61,6 +63,7 @@ class DeepseekVLAdapter(FrozenLMMAdapter):
         lmm: torch.nn.Module,
         tokenizer: Any,
         processor: Callable[[Image.Image], tuple[torch.Tensor, dict]],
+        eager_features: bool = False,
     ) -> None:
         cfg = lmm.config
         lcfg = cfg.language_config
@@ -74,7 +77,7 @@ class DeepseekVLAdapter(FrozenLMMAdapter):
             vision_layers=tuple(low_layers),
             image_size=cfg.vision_input_size,
         )
-        super().__init__(lmm=lmm, tokenizer=tokenizer, dims=dims)
+        super().__init__(lmm=lmm, tokenizer=tokenizer, dims=dims, eager_features=eager_features)
         self.processor = processor
         image_id = tokenizer.convert_tokens_to_ids(DEEPSEEK_VL_IMAGE_TAG)
         if image_id is None or image_id == getattr(tokenizer, "unk_token_id", None):
@@ -109,10 +112,9 @@ class DeepseekVLAdapter(FrozenLMMAdapter):
     def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, dict]:
         return self.processor(image)
 
-    def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[1, 3, S, S] -> (decoder image embeddings [N, D], vision features [V, N, C])."""
-        embeds, feats = self.lmm.encode_images_with_features(pixel_values)
-        return embeds[0], feats[0]
+    def encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, S, S] -> (decoder image embeddings [B, N, D], vision features [B, V, N, C])."""
+        return self.lmm.encode_images_with_features(pixel_values)
 
     def embed_inputs(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> EmbeddedInputs:
         """The N `<image_placeholder>` tokens take the N image embeddings in order, as upstream
@@ -175,12 +177,14 @@ def build_deepseek_vl_adapter(
     torch_dtype: str | torch.dtype = "bfloat16",
     vision_layers: Sequence[int] | None = None,
     high_res_layers: Sequence[int] | None = None,
+    eager_features: bool = False,
 ) -> DeepseekVLAdapter:
-    """Load a DeepSeek-VL repo (hub id or local folder) with eager attention, its tokenizer and
+    """Load a DeepSeek-VL repo (hub id or local folder) with SDPA attention, its tokenizer and
     image processor (`preprocessor_config.json`, else `default_image_processor`).
 
     vision_layers / high_res_layers: override the config's selected SigLIP / SAM blocks
     (0-based); None keeps the config's (HG-LMM's defaults for the released configs).
+    eager_features: the reference feature path (see `FrozenLMMAdapter`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -196,10 +200,12 @@ def build_deepseek_vl_adapter(
     lmm = AutoModelForCausalLM.from_pretrained(
         model_path,
         torch_dtype=dtype,
-        attn_implementation="eager",
+        attn_implementation="sdpa",
         low_cpu_mem_usage=True,
         **overrides,
     )
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     processor = _load_processor(model_path, lmm.config)
-    return DeepseekVLAdapter(lmm=lmm, tokenizer=tokenizer, processor=processor)
+    return DeepseekVLAdapter(
+        lmm=lmm, tokenizer=tokenizer, processor=processor, eager_features=eager_features
+    )

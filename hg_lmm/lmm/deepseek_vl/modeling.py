@@ -42,8 +42,9 @@ class MultiModalityCausalLM(MultiModalityPreTrainedModel):
       config: a MultiModalityConfig (the released `config.json` loads into it).
 
     Submodules (released names): `vision_model` (CLIPVisionTower or HybridVisionTower), `aligner`
-    (MlpProjector), `language_model` (LlamaForCausalLM). Load with
-    `attn_implementation="eager"` when attention probabilities are needed. As upstream, generate
+    (MlpProjector), `language_model` (LlamaForCausalLM). The adapter loads it with
+    `attn_implementation="sdpa"` and records the attention rows it needs alongside
+    (hg_lmm.lmm.capture); `output_attentions=True` falls back to eager. As upstream, generate
     with `language_model.generate(inputs_embeds=prepare_inputs_embeds(...), ...)`.
     """
 
@@ -112,14 +113,25 @@ class MultiModalityCausalLM(MultiModalityPreTrainedModel):
             final, high, low = self.vision_model.forward_with_intermediates(
                 x, high_layers, low_layers, with_final=with_embeds
             )
-            feats = self.aligner((torch.stack(high, dim=1), torch.stack(low, dim=1)))
+            feats = self._align_layers(list(zip(high, low)))
         else:
             final, low = self.vision_model.forward_with_intermediates(
                 x, low_layers, with_final=with_embeds
             )
-            feats = self.aligner(torch.stack(low, dim=1))
+            feats = self._align_layers(low)
         embeds = self.aligner(final) if final is not None else None
         return embeds, feats
+
+    def _align_layers(self, layers: list[Any]) -> torch.Tensor:
+        """The aligner on each selected layer ([B, N, C_in], or a (high, low) pair), written into
+        one [B, V, N, C]: the values of aligning the stacked layers (the aligner works token by
+        token), with one layer's MLP intermediates in memory at a time instead of V layers'."""
+        first = self.aligner(layers[0])
+        out = first.new_empty(first.shape[0], len(layers), *first.shape[1:])
+        out[:, 0] = first
+        for i, layer in enumerate(layers[1:], start=1):
+            out[:, i] = self.aligner(layer)
+        return out
 
     # --- decoder inputs (upstream semantics) ------------------------------------------------
 

@@ -1,0 +1,226 @@
+"""Random LMMs at the released shapes, for benchmarks (scripts/benchmark.py).
+
+`random_lmm_folder(name, folder)` writes, once, a model folder that the adapters' builders load
+like a released checkpoint: the released config with random weights (bf16), a small tokenizer that
+carries the family's special tokens (its ids are valid in the full vocabulary), and the image
+processor config. Names:
+
+- "deepseek-vl-1.3b", "deepseek-vl-7b": the released `config.json` of deepseek-ai/deepseek-vl-
+  {1.3b,7b}-chat (tests/testing/test_real_shapes.py checks them against the test fixtures);
+- "llava-1.5-7b": llava-hf/llava-1.5-7b-hf (CLIP-L/14-336 + Vicuna-7B, vocabulary 32064);
+- "tiny-deepseek-vl", "tiny-llava": the tiny test models (seconds on CPU, for smoke runs).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_LANGUAGE = dict(
+    model_type="llama",
+    vocab_size=102400,
+    max_position_embeddings=16384,
+    rms_norm_eps=1e-06,
+    rope_theta=10000.0,
+    tie_word_embeddings=False,
+    torch_dtype="bfloat16",
+)
+_SIGLIP = dict(image_size=384, model_name="siglip_large_patch16_384", select_feature="same")
+_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# The released config.json files (architectures / model_type / torch_dtype fields aside).
+DEEPSEEK_VL_CONFIGS: dict[str, dict[str, Any]] = {
+    "deepseek-vl-1.3b": dict(
+        vision_config=dict(
+            cls="CLIPVisionTower", model_type="vision", params=dict(_SIGLIP, select_layer=-1)
+        ),
+        aligner_config=dict(
+            cls="MlpProjector",
+            model_type="aligner",
+            params=dict(depth=2, input_dim=1024, n_embed=2048, projector_type="mlp_gelu"),
+        ),
+        language_config=dict(
+            _LANGUAGE,
+            hidden_size=2048,
+            intermediate_size=5632,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            num_hidden_layers=24,
+        ),
+    ),
+    "deepseek-vl-7b": dict(
+        vision_config=dict(
+            cls="HybridVisionTower",
+            model_type="vision",
+            params=dict(
+                concat_type="tuple",
+                freeze_high=True,
+                freeze_low=True,
+                high_res_cfg=dict(
+                    ckpt_path="",
+                    image_size=1024,
+                    model_name="sam_b_downsample",
+                    output_dim=1024,
+                    pixel_mean=_CLIP_MEAN,
+                    pixel_std=_CLIP_STD,
+                    select_feature="same",
+                    select_layer=-1,
+                ),
+                low_res_cfg=dict(
+                    _SIGLIP,
+                    ckpt_path="",
+                    output_dim=1024,
+                    pixel_mean=[0.5, 0.5, 0.5],
+                    pixel_std=[0.5, 0.5, 0.5],
+                    select_layer=-1,
+                ),
+            ),
+        ),
+        aligner_config=dict(
+            cls="MlpProjector",
+            model_type="aligner",
+            params=dict(
+                depth=2,
+                input_dim=1024,
+                n_embed=4096,
+                projector_type="low_high_hybrid_split_mlp_gelu",
+            ),
+        ),
+        language_config=dict(
+            _LANGUAGE,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            num_hidden_layers=30,
+        ),
+    ),
+}
+REAL_SHAPES = (*DEEPSEEK_VL_CONFIGS, "llava-1.5-7b")
+TINY = ("tiny-deepseek-vl", "tiny-llava")
+NAMES = (*REAL_SHAPES, *TINY)
+
+
+def family(name: str) -> str:
+    """ "deepseek_vl" or "llava"."""
+    if name not in NAMES:
+        raise ValueError(f"unknown LMM {name!r}; expected one of {NAMES}")
+    return "llava" if "llava" in name else "deepseek_vl"
+
+
+def llava_1_5_7b_config(tokenizer: Any) -> Any:
+    """llava-hf/llava-1.5-7b-hf's LlavaConfig, with the special-token ids of `tokenizer`."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+    )
+    text = LlamaConfig(
+        vocab_size=32064,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+
+
+def _build_random(name: str, folder: Path, seed: int, num_layers: int | None) -> None:
+    """Write a random `name` model (bf16), its tokenizer and processor config to `folder`."""
+    from hg_lmm.testing.tiny_models import tiny_tokenizer
+
+    # A vocabulary large enough for whole words, so that prompts take about as many tokens as
+    # with the released tokenizers (e.g. 18 for DeepSeek-VL's training prompt text).
+    tokenizer = tiny_tokenizer(family(name), folder, vocab_size=4000)
+    if family(name) == "llava":
+        from transformers import LlavaForConditionalGeneration
+
+        config = llava_1_5_7b_config(tokenizer)
+        if num_layers is not None:
+            config.text_config.num_hidden_layers = num_layers
+        model_cls = LlavaForConditionalGeneration
+    else:
+        from hg_lmm.lmm.deepseek_vl import MultiModalityCausalLM, MultiModalityConfig
+        from hg_lmm.lmm.deepseek_vl.adapter import default_image_processor
+
+        spec = copy.deepcopy(DEEPSEEK_VL_CONFIGS[name])
+        spec["language_config"].update(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+        )
+        if num_layers is not None:
+            spec["language_config"]["num_hidden_layers"] = num_layers
+        config = MultiModalityConfig(**spec)
+        model_cls = MultiModalityCausalLM
+        default_image_processor(config).save_pretrained(folder)
+    default = torch.get_default_dtype()
+    try:
+        # Built directly in bf16: half the memory of a float32 build, the dtype it runs in.
+        torch.set_default_dtype(torch.bfloat16)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = model_cls(config)
+    finally:
+        torch.set_default_dtype(default)
+    model.save_pretrained(folder)
+
+
+def random_lmm_folder(
+    name: str, folder: str | Path, *, seed: int = 0, num_layers: int | None = None
+) -> Path:
+    """A model folder for `name` (see the module docstring), built on first use; returns it.
+
+    num_layers: fewer decoder layers than released (quick runs); None keeps the released count.
+    The tiny names ignore it and build the tiny test models.
+    """
+    from hg_lmm.testing.tiny_models import build_once
+
+    if name == "tiny-llava":
+        from hg_lmm.testing.tiny_models import tiny_llava
+
+        return build_once(folder, tiny_llava)
+    if name == "tiny-deepseek-vl":
+        from hg_lmm.testing.tiny_deepseek_vl import tiny_deepseek_vl
+
+        return build_once(folder, lambda f: tiny_deepseek_vl(f, "1.3b"))
+    family(name)  # validates the name
+    return build_once(folder, lambda f: _build_random(name, f, seed, num_layers))
+
+
+def load_adapter(name: str, model_path: str | Path, **kwargs: Any) -> Any:
+    """The frozen adapter of `name`'s family loaded from `model_path` through its builder (the
+    path released checkpoints take). kwargs go to the builder (torch_dtype, eager_features)."""
+    if family(name) == "llava":
+        from hg_lmm.lmm.llava import build_llava_adapter
+        from hg_lmm.testing.tiny_models import TINY_LLAVA_VISION_LAYERS
+
+        if name == "tiny-llava":
+            kwargs.setdefault("vision_layers", TINY_LLAVA_VISION_LAYERS)
+        return build_llava_adapter(model_path=model_path, **kwargs)
+    from hg_lmm.lmm.deepseek_vl import build_deepseek_vl_adapter
+
+    return build_deepseek_vl_adapter(model_path=model_path, **kwargs)
