@@ -33,10 +33,11 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def to_rgb(image: ImageLike) -> Image.Image:
-    """A PIL RGB image from any `ImageLike` (`hg_lmm.utils.images.rgb_array` reads it)."""
+    """A PIL RGB image from any `ImageLike`, a tensor laid out [H, W, 3]
+    (`hg_lmm.utils.images.rgb_array` reads it)."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    return Image.fromarray(rgb_array(image), mode="RGB")
+    return Image.fromarray(rgb_array(image, tensor_layout="HWC"), mode="RGB")
 
 
 def letterbox_meta(height: int, width: int, side: int | None = None) -> dict[str, Any]:

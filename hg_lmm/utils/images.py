@@ -8,16 +8,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-# A PIL image (any mode), a uint8 [H, W, 3] RGB array, or a uint8 [3, H, W] RGB tensor.
+# A PIL image (any mode), a uint8 [H, W, 3] RGB array, or a uint8 RGB tensor ([3, H, W] for SAM,
+# as torchvision stores images; [H, W, 3] for the LMM processors, as numpy: `rgb_array`'s layout).
 ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
 
 
-def rgb_array(image: ImageLike) -> np.ndarray:
+def rgb_array(image: ImageLike, tensor_layout: str = "CHW") -> np.ndarray:
     """The RGB pixels of an image.
 
     Arguments:
-      image: a PIL image (converted to RGB), a uint8 [H, W, 3] array or a uint8 [3, H, W] tensor
-        (channels first, as torchvision stores images).
+      image: a PIL image (converted to RGB), a uint8 [H, W, 3] array or a uint8 tensor.
+      tensor_layout: how a tensor image is laid out: "CHW" ([3, H, W], as torchvision stores
+        images; SAM's convention) or "HWC" ([H, W, 3]; the LMM processors' convention).
 
     Returns:
       [H, W, 3] uint8 array (a view of the input where possible).
@@ -27,9 +29,13 @@ def rgb_array(image: ImageLike) -> np.ndarray:
     elif isinstance(image, np.ndarray):
         array = image
     elif isinstance(image, torch.Tensor):
-        if image.dim() != 3 or image.shape[0] != 3:
-            raise ValueError(f"a tensor image must be [3, H, W] RGB, got {tuple(image.shape)}")
-        array = image.detach().permute(1, 2, 0).cpu().numpy()
+        if tensor_layout not in ("CHW", "HWC"):
+            raise ValueError(f"tensor_layout must be 'CHW' or 'HWC', got {tensor_layout!r}")
+        if tensor_layout == "CHW":
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(f"a tensor image must be [3, H, W] RGB, got {tuple(image.shape)}")
+            image = image.permute(1, 2, 0)
+        array = image.detach().cpu().numpy()
     else:
         raise TypeError(
             f"image must be a PIL image, a uint8 [H, W, 3] array or a uint8 [3, H, W] tensor, "
