@@ -297,7 +297,7 @@ def test_hg_head_runs_on_the_features(built):
     feats = adapter.extract(s)
     head = HGHead(dims=adapter.dims).eval()
     with torch.no_grad():
-        logits = head(feats)
+        logits = head(feats)["logits"]
     shape = s["meta"]["image_shape"]
     n = int(feats.mask_ids.max()) + 1
     assert logits.shape == (n, shape["height"], shape["width"])
