@@ -12,9 +12,10 @@ ZeRO gradient hooks need that); a backward per sample inside `forward` would byp
 recomputation replays the head with the same RNG state (dropout) and with BatchNorm running
 statistics left untouched, so they are updated once per step, as without checkpointing.
 
-A sample is a dict with `input_ids` [T_all], `mask_ids` [T_all] (prompt tokens -1), `image` (PIL)
-or `pixel_values` + `meta`, and for training `masks` [n, H, W] at the original image size
-(`caption_start` is optional). See hg_lmm.datasets for how samples are built.
+A sample is a mapping (a dict, or the datasets' `GroundingSample` record) with `input_ids`
+[T_all], `mask_ids` [T_all] (prompt tokens -1), `image` (PIL) or `pixel_values` + `meta`, and for
+training `masks` [n, H, W] at the original image size (`caption_start` is optional).
+See hg_lmm.datasets for how samples are built.
 """
 
 from __future__ import annotations
@@ -37,19 +38,6 @@ from hg_lmm.lmm.adapter import Answer, FrozenLMMAdapter
 from hg_lmm.lmm.base import LMMFeatures
 from hg_lmm.utils.build import build
 from hg_lmm.utils.checkpoint import trainable_state_names
-
-
-def as_sample_dict(sample: Any) -> Mapping[str, Any]:
-    """A sample as a mapping: dicts pass through; a dataset record (e.g. `GroundingSample`) gives
-    its fields, with `prompt_len` as `caption_start`."""
-    if isinstance(sample, Mapping):
-        return sample
-    if dataclasses.is_dataclass(sample):
-        out = {f.name: getattr(sample, f.name) for f in dataclasses.fields(sample)}
-        if out.get("prompt_len") is not None:
-            out.setdefault("caption_start", out["prompt_len"])
-        return out
-    raise TypeError(f"a sample must be a mapping or a dataclass record, got {type(sample)}")
 
 
 def resize_masks(masks: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
@@ -148,7 +136,6 @@ class GroundingModel(BaseModel):
         data_samples: Any = None,
         mode: str = "tensor",
     ) -> Any:
-        data = [as_sample_dict(s) for s in data]
         if mode == "loss":
             return self.compute_loss(data)
         if mode == "predict":
@@ -250,15 +237,7 @@ class GroundingModel(BaseModel):
                 raise ValueError(f"phrase {k} has no tokens in the answer {answer.text!r}")
             mask_ids[torch.as_tensor(list(idx))] = k
         f = answer.features
-        features = LMMFeatures(
-            attn=f.attn,
-            hidden=f.hidden,
-            vision=f.vision,
-            pixel_values=f.pixel_values,
-            mask_ids=mask_ids,
-            meta=f.meta,
-            token_ids=f.token_ids,
-        )
+        features = dataclasses.replace(f, mask_ids=mask_ids)
         sample = {"image": image} if image is not None else {}
         maps = self.head_logits(features, sample)
         hw = (image.size[1], image.size[0]) if image is not None else self._meta_hw(f.meta)

@@ -414,3 +414,39 @@ def test_eval_and_no_grad_do_not_checkpoint(model, batch):
     model(batch, mode="loss")
     model(batch, mode="predict")
     assert len(calls) == 2 * len(batch)
+
+
+def test_a_dataset_record_is_a_sample(tiny_llava, batch):
+    """The datasets' `GroundingSample` goes to the model as it is (a read-only mapping of its
+    fields, `caption_start` included) and gives the losses of the equivalent dict."""
+    import numpy as np
+    from PIL import Image
+
+    from hg_lmm.datasets.sample import GroundingSample, Piece
+    from hg_lmm.lmm.processors import LlavaImageProcessor
+
+    lmm, tok, _ = tiny_llava
+    processor = LlavaImageProcessor(image_size=lmm.config.vision_config.image_size)
+    adapter = LlavaAdapter(lmm=lmm, tokenizer=tok, processor=processor, vision_layers=VISION_LAYERS)
+    model = GroundingModel(lmm=adapter, head=dict(type=HGHead))
+
+    s = batch[0]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8))
+    start = int((s["mask_ids"] < 0).sum())
+    record = GroundingSample(
+        image=image,
+        pieces=[Piece("x", 0), Piece("y", 1)],
+        masks=s["masks"],
+        plural=[False, False],
+        isthing=[True, True],
+        source="test",
+        input_ids=s["input_ids"],
+        mask_ids=s["mask_ids"],
+        caption_start=start,
+    )
+    assert record["caption_start"] == start and "pixel_values" not in record
+    plain = {k: record[k] for k in ("image", "input_ids", "mask_ids", "masks", "caption_start")}
+    model.eval()
+    with torch.no_grad():
+        a, b = model([record], mode="loss"), model([plain], mode="loss")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -259,7 +259,7 @@ def test_builds_with_tiny_lmm(leaf, tiny_dir, toy_root):
     for s in samples:
         assert s.input_ids.shape == s.mask_ids.shape
         assert int(s.mask_ids.max()) + 1 == len(s.masks)
-        assert (s.mask_ids[: s.prompt_len] == -1).all()
+        assert (s.mask_ids[: s.caption_start] == -1).all()
     model.train()
     losses = model([samples[0]], mode="loss")
     total = sum(v for k, v in losses.items() if "loss" in k)
