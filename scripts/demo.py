@@ -139,7 +139,10 @@ def main() -> None:
     work_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
 
-    if not (Path(args.data_root) / "coco" / "refcoco" / "instances.json").is_file():
+    from hg_lmm.datasets.layout import refcoco_files
+
+    refcoco = refcoco_files(args.data_root, "refcoco")
+    if not os.path.isfile(os.path.join(refcoco["data_root"], refcoco["ann_file"])):
         _run(
             [sys.executable, "scripts/make_toy_data.py", "--out", args.data_root],
             "generate the toy data set",
