@@ -423,7 +423,7 @@ def test_a_dataset_record_is_a_sample(tiny_llava, batch):
     from PIL import Image
 
     from hg_lmm.datasets.sample import GroundingSample, Piece
-    from hg_lmm.lmm.processors import LlavaImageProcessor
+    from hg_lmm.lmm.llava.processing import LlavaImageProcessor
 
     lmm, tok, _ = tiny_llava
     processor = LlavaImageProcessor(image_size=lmm.config.vision_config.image_size)

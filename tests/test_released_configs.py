@@ -95,8 +95,8 @@ def expected_prompt(leaf: Leaf) -> str:
         from hg_lmm.lmm.llava import TRAIN_PROMPT
 
         return TRAIN_PROMPT
-    from hg_lmm.lmm.deepseek_vl.adapter import deepseek_vl_train_prompt
     from hg_lmm.lmm.deepseek_vl.configuration import MultiModalityConfig
+    from hg_lmm.lmm.deepseek_vl.processing import deepseek_vl_train_prompt
 
     name = {"1.3b": "deepseek-vl-1.3b-chat", "7b": "deepseek-vl-7b-chat"}[leaf.lmm]
     release = MultiModalityConfig(**json.loads((FIXTURES / f"{name}.config.json").read_text()))

@@ -21,7 +21,8 @@ from PIL import Image
 
 from hg_lmm.heads.unet_sam import SAMRefiner, UNetMaskHead, UNetSAMHead
 from hg_lmm.lmm.base import LMMDims, LMMFeatures
-from hg_lmm.lmm.processors import DeepseekVLImageProcessor, LlavaImageProcessor
+from hg_lmm.lmm.deepseek_vl.processing import DeepseekVLImageProcessor
+from hg_lmm.lmm.llava.processing import LlavaImageProcessor
 from hg_lmm.testing.tiny_sam import tiny_sam
 from hg_lmm.utils.masks import crop_to_image_grid, grid_image_region
 

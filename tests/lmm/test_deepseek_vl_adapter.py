@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from hg_lmm.lmm.deepseek_vl import DeepseekVLAdapter, build_deepseek_vl_adapter
-from hg_lmm.lmm.processors import (
+from hg_lmm.lmm.deepseek_vl.processing import (
     DEEPSEEK_VL_IMAGE_TAG,
     DEEPSEEK_VL_STOP,
     deepseek_vl_chat_prompt,
