@@ -22,8 +22,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hg_lmm.evaluation.grounding import GroundedAnswer, caption_and_ground, refer
-from hg_lmm.evaluation.rle import mask_to_rle, write_json_atomic
+from hg_lmm.utils.files import write_json_atomic
 from hg_lmm.utils.overlay import draw_overlay, hex_color, phrase_color
+from hg_lmm.utils.rle import mask_to_rle
 
 # Larger images are refused before they are decoded: the masks are computed at the original size,
 # so a 100-megapixel upload would cost gigabytes. 25 MP holds any phone photo.
@@ -138,7 +139,7 @@ class ChatTurn:
 
     def record(self) -> dict[str, Any]:
         """JSON-safe record: prompt, answer and per phrase its text, span, colour, area and
-        COCO RLE mask (`hg_lmm.evaluation.rle.rle_to_mask` decodes it)."""
+        COCO RLE mask (`hg_lmm.utils.rle.rle_to_mask` decodes it)."""
         key = "question" if self.mode == "chat" else "expression"
         phrases = [
             {

@@ -12,9 +12,10 @@ ZeRO gradient hooks need that); a backward per sample inside `forward` would byp
 recomputation replays the head with the same RNG state (dropout) and with BatchNorm running
 statistics left untouched, so they are updated once per step, as without checkpointing.
 
-A sample is a dict with `input_ids` [T_all], `mask_ids` [T_all] (prompt tokens -1), `image` (PIL)
-or `pixel_values` + `meta`, and for training `masks` [n, H, W] at the original image size
-(`caption_start` is optional). See hg_lmm.datasets for how samples are built.
+A sample is a mapping (a dict, or the datasets' `GroundingSample` record) with `input_ids`
+[T_all], `mask_ids` [T_all] (prompt tokens -1), `image` (PIL) or `pixel_values` + `meta`, and for
+training `masks` [n, H, W] at the original image size (`caption_start` is optional).
+See hg_lmm.datasets for how samples are built.
 """
 
 from __future__ import annotations
@@ -31,39 +32,12 @@ from mmengine.model import BaseModel
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from hg_lmm.heads.base import FINAL, MaskHead, check_head_output
 from hg_lmm.heads.losses import MaskLoss, mask_metrics
 from hg_lmm.lmm.adapter import Answer, FrozenLMMAdapter
 from hg_lmm.lmm.base import LMMFeatures
 from hg_lmm.utils.build import build
 from hg_lmm.utils.checkpoint import trainable_state_names
-
-
-def _logit_maps(out: Any) -> dict[str, torch.Tensor]:
-    """A head's output as named [n, h, w] logit maps; the last one is the final prediction.
-
-    The HG head returns one tensor on the resized image region; the U-Net+SAM head returns its
-    coarse maps (on the resized image region) and SAM's refined maps (at the original size).
-    """
-    if isinstance(out, torch.Tensor):
-        return {"": out}
-    if hasattr(out, "refined_logits"):
-        return {"": out.coarse_logits, "sam_": out.refined_logits}
-    if isinstance(out, Mapping):
-        return dict(out)
-    raise TypeError(f"a head returned {type(out).__name__}; expected a tensor or a mapping")
-
-
-def as_sample_dict(sample: Any) -> Mapping[str, Any]:
-    """A sample as a mapping: dicts pass through; a dataset record (e.g. `GroundingSample`) gives
-    its fields, with `prompt_len` as `caption_start`."""
-    if isinstance(sample, Mapping):
-        return sample
-    if dataclasses.is_dataclass(sample):
-        out = {f.name: getattr(sample, f.name) for f in dataclasses.fields(sample)}
-        if out.get("prompt_len") is not None:
-            out.setdefault("caption_start", out["prompt_len"])
-        return out
-    raise TypeError(f"a sample must be a mapping or a dataclass record, got {type(sample)}")
 
 
 def resize_masks(masks: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
@@ -88,7 +62,7 @@ class GroundingModel(BaseModel):
       data_preprocessor: mmengine's (the default only moves tensors to the device).
 
     Modes of `forward(data, data_samples=None, mode=...)` with `data` a list of samples:
-      "loss": {"loss_mask", "loss_dice" (+ "sam_*" for family B), "accuracy", "miou"}.
+      "loss": {"loss_mask", "loss_dice" (+ "sam_*" for the U-Net+SAM head), "accuracy", "miou"}.
       "predict": per sample {"logits" [n, H, W] at the original size, "masks" bool [n, H, W]
         (sigmoid, then resize, then threshold: `final_masks`)}.
       "tensor": per sample the final logits [n, H, W].
@@ -107,6 +81,11 @@ class GroundingModel(BaseModel):
         super().__init__(data_preprocessor=data_preprocessor)
         self.lmm = build(lmm)
         self.head = build(head, dims=self.lmm.dims)
+        if not isinstance(self.head, MaskHead):
+            raise TypeError(
+                f"the head is a {type(self.head).__name__}; GroundingModel needs a mask head: "
+                "subclass hg_lmm.heads.base.MaskHead (forward(features, image=None) -> dict)"
+            )
         self.loss = loss if isinstance(loss, nn.Module) else MaskLoss(**(loss or {}))
         self.threshold = threshold
         self.checkpoint_head = checkpoint_head
@@ -116,37 +95,30 @@ class GroundingModel(BaseModel):
     # --- the one forward path -----------------------------------------------------------------
 
     def head_logits(self, features: LMMFeatures, sample: Mapping[str, Any]) -> dict[str, Any]:
-        """Run the head on one sample's features: named [n, h, w] logit maps."""
+        """Run the head on one sample's features: its named [n, h, w] logit maps, the final one
+        under `hg_lmm.heads.base.FINAL` (hg_lmm.heads.base.MaskHead)."""
         return self._maps(features, self._head_image(sample))
 
     def _head_image(self, sample: Mapping[str, Any]) -> Any:
-        """What a head that `needs_image` gets besides the features (e.g. SAM refines on the
-        original image), with its frozen per-image work (`prepare_image`, e.g. SAM's image
-        encoder) done here, once, outside any recomputation; None for other heads."""
-        if not getattr(self.head, "needs_image", False):
-            return None
-        prepare = getattr(self.head, "prepare_image", None)
-        if prepare is None:
-            return sample["image"]
+        """The sample's image after the head's frozen per-image work (`prepare_image`, e.g. SAM's
+        image encoder), done here, once, outside any recomputation."""
         with torch.no_grad():
-            return prepare(sample["image"])
+            return self.head.prepare_image(sample.get("image"))
 
     def _maps(self, features: LMMFeatures, image: Any) -> dict[str, torch.Tensor]:
-        if getattr(self.head, "needs_image", False):
-            return _logit_maps(self.head(features, image))
-        return _logit_maps(self.head(features))
+        return check_head_output(self.head, self.head(features, image))
 
     def final_logits(self, maps: dict[str, torch.Tensor], image_hw: Sequence[int]) -> torch.Tensor:
-        """The last map, resized (bilinear) to the original image size: [n, H, W]."""
-        return resize_masks(list(maps.values())[-1], image_hw, "bilinear")
+        """The final map, resized (bilinear) to the original image size: [n, H, W]."""
+        return resize_masks(maps[FINAL], image_hw, "bilinear")
 
     def final_masks(
         self, maps: dict[str, torch.Tensor], image_hw: Sequence[int], threshold: float
     ) -> torch.Tensor:
-        """bool [n, H, W]: sigmoid of the last map, resized (bilinear) to the original size, then
+        """bool [n, H, W]: sigmoid of the final map, resized (bilinear) to the original size, then
         `> threshold`. This is the references' order (F-LMM's and HG-LMM's eval scripts); resizing
         the logits before the sigmoid gives slightly different masks (docs/architecture.md)."""
-        probs = list(maps.values())[-1].float().sigmoid()
+        probs = maps[FINAL].float().sigmoid()
         return resize_masks(probs, image_hw, "bilinear") > threshold
 
     @staticmethod
@@ -164,7 +136,6 @@ class GroundingModel(BaseModel):
         data_samples: Any = None,
         mode: str = "tensor",
     ) -> Any:
-        data = [as_sample_dict(s) for s in data]
         if mode == "loss":
             return self.compute_loss(data)
         if mode == "predict":
@@ -197,27 +168,27 @@ class GroundingModel(BaseModel):
         gt = torch.as_tensor(sample["masks"], device=features.hidden.device)
         # As the references: GT resized (nearest) to the processor's image size first, then to
         # each map (a no-op for the HG head; the U-Net grid crop and SAM's original size for
-        # family B). Kept in its own dtype (bool masks stay bool: nearest keeps 0/1 exact).
+        # the U-Net+SAM head). Kept in its own dtype (bool masks stay bool: nearest keeps 0/1
+        # exact).
         gt = resize_masks(gt.float(), self._meta_hw(features.meta), "nearest").to(gt.dtype)
         image = self._head_image(sample)
         # The head's parameter-free work on the features (e.g. each phrase's mean attention
         # maps) is done here, once: a checkpointed step then keeps its smaller output per sample.
-        prepare = getattr(self.head, "prepare_features", None)
-        if prepare is not None:
-            with torch.no_grad():
-                features = prepare(features)
+        with torch.no_grad():
+            features = self.head.prepare_features(features)
 
         def terms_of(*tensors: torch.Tensor) -> dict[str, torch.Tensor]:
             feats = dataclasses.replace(features, **dict(zip(names, tensors)))
             maps = self._maps(feats, image)
             n = gt.shape[0]
-            if n != next(iter(maps.values())).shape[0]:
+            if n != maps[FINAL].shape[0]:
                 raise ValueError(
                     f"sample {sample.get('id', '?')}: {n} ground-truth masks but "
                     f"{int(feats.mask_ids.max()) + 1} phrases in mask_ids"
                 )
             terms: dict[str, torch.Tensor] = {}
-            for prefix, logits in maps.items():
+            for name, prefix in self.head.loss_prefixes.items():
+                logits = maps[name]
                 target = resize_masks(gt.float(), logits.shape[-2:], "nearest")
                 terms.update(self.loss(logits, target, prefix=prefix))
                 terms.update(mask_metrics(logits, target, prefix=prefix))
@@ -266,15 +237,7 @@ class GroundingModel(BaseModel):
                 raise ValueError(f"phrase {k} has no tokens in the answer {answer.text!r}")
             mask_ids[torch.as_tensor(list(idx))] = k
         f = answer.features
-        features = LMMFeatures(
-            attn=f.attn,
-            hidden=f.hidden,
-            vision=f.vision,
-            pixel_values=f.pixel_values,
-            mask_ids=mask_ids,
-            meta=f.meta,
-            token_ids=f.token_ids,
-        )
+        features = dataclasses.replace(f, mask_ids=mask_ids)
         sample = {"image": image} if image is not None else {}
         maps = self.head_logits(features, sample)
         hw = (image.size[1], image.size[0]) if image is not None else self._meta_hw(f.meta)

@@ -87,11 +87,11 @@ def prediction_grid(args: argparse.Namespace, checkpoint: Path, path: Path, rows
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hg_lmm.evaluation.benchmarks import refcoco_dataset
+    from hg_lmm.evaluation.benchmarks import refcoco_eval_dataset
     from hg_lmm.evaluation.runner import load_model, make_tokenize
 
     model = load_model(args.config, checkpoint)
-    dataset = refcoco_dataset(args.data_root, EVAL_SPLIT)
+    dataset = refcoco_eval_dataset(args.data_root, EVAL_SPLIT)
     tokenize = make_tokenize(model)
     panels = []
     for i in range(len(dataset)):
@@ -139,7 +139,10 @@ def main() -> None:
     work_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
 
-    if not (Path(args.data_root) / "coco" / "refcoco" / "instances.json").is_file():
+    from hg_lmm.datasets.layout import refcoco_files
+
+    refcoco = refcoco_files(args.data_root, "refcoco")
+    if not os.path.isfile(os.path.join(refcoco["data_root"], refcoco["ann_file"])):
         _run(
             [sys.executable, "scripts/make_toy_data.py", "--out", args.data_root],
             "generate the toy data set",

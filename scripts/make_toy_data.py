@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 import time
 
-from hg_lmm.datasets.toy import ToyConfig, make_toy_data
+from hg_lmm.testing.toy import ToyConfig, make_toy_data
 
 
 def main() -> None:

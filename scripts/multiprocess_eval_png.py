@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hg_lmm.evaluation.benchmarks import png_records, png_report, png_val_dataset
+from hg_lmm.datasets.layout import png_dataset
+from hg_lmm.evaluation.benchmarks import png_records, png_report
 from hg_lmm.evaluation.runner import (
     EvalRunner,
     add_save_vis_argument,
@@ -27,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runner = EvalRunner(args, "png")
     model = runner.model
-    dataset = png_val_dataset(args.data_root, transform=make_tokenize(model))
+    dataset = png_dataset(args.data_root, "val2017", transform=make_tokenize(model))
 
     def step(index: int, sample: object) -> list:
         return png_records(model, index, sample, vis=runner.vis_writer("png_val", index))

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
-from hg_lmm.evaluation.benchmarks import REFCOCO_SPLITS, refcoco_dataset, refseg_records
-from hg_lmm.evaluation.metrics import refseg_metrics
+from hg_lmm.evaluation.benchmarks import REFCOCO_SPLITS, refcoco_eval_dataset, refseg_records
+from hg_lmm.evaluation.mask_metrics import refseg_metrics
 from hg_lmm.evaluation.runner import (
     EvalRunner,
     add_save_vis_argument,
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     metrics = {}
     for name in splits:
-        results = runner.run(name, refcoco_dataset(args.data_root, name), partial(step, name))
+        results = runner.run(name, refcoco_eval_dataset(args.data_root, name), partial(step, name))
         metrics[name] = refseg_metrics(flatten(results))
     runner.report(metrics, concat=args.concat)
 

@@ -61,7 +61,7 @@ def deepseek_tokenizer(tmp_path_factory):
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory) -> str:
     """The small toy data set (`ToyConfig.small()`), generated once per session."""
-    from hg_lmm.datasets.toy import ToyConfig, make_toy_data
+    from hg_lmm.testing.toy import ToyConfig, make_toy_data
 
     root = str(tmp_path_factory.mktemp("toy"))
     make_toy_data(root, ToyConfig.small())

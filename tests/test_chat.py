@@ -17,8 +17,8 @@ from PIL import Image
 
 from hg_lmm.chat import ChatTurn, GroundedChat, ImageError, load_chat, load_user_image
 from hg_lmm.evaluation.phrases import extract_noun_phrases
-from hg_lmm.evaluation.rle import rle_to_mask
 from hg_lmm.utils.overlay import draw_overlay
+from hg_lmm.utils.rle import rle_to_mask
 from tests.conftest import REPO, TINY_CONFIG
 
 CHAT_CLI = str(REPO / "scripts" / "chat.py")
@@ -34,9 +34,9 @@ def chat(golden_checkpoint) -> GroundedChat:
 
 @pytest.fixture(scope="module")
 def toy_image(toy_root) -> str:
-    from hg_lmm.evaluation.benchmarks import refcoco_dataset
+    from hg_lmm.datasets.layout import refcoco_dataset
 
-    return refcoco_dataset(toy_root, "refcoco_val")[0].image_path
+    return refcoco_dataset(toy_root, "refcoco", "val")[0].image_path
 
 
 # --- images from users -------------------------------------------------------------------------
@@ -121,10 +121,10 @@ def test_refer_equals_the_models_prediction_of_the_expression(chat, toy_root) ->
     evaluation builds it) is an independent path to the same mask."""
     import dataclasses
 
-    from hg_lmm.evaluation.benchmarks import refcoco_dataset
+    from hg_lmm.datasets.layout import refcoco_dataset
     from hg_lmm.evaluation.runner import make_tokenize
 
-    sample = refcoco_dataset(toy_root, "refcoco_val")[0]
+    sample = refcoco_dataset(toy_root, "refcoco", "val")[0]
     piece = next(p for p in sample.pieces if p.mask_id == 0)
     single = dataclasses.replace(sample, pieces=[piece], masks=sample.masks[:1])
     expected = chat.model([make_tokenize(chat.model)(single)], mode="predict")[0]["masks"]

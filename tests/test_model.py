@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from hg_lmm.heads.base import FINAL, MaskHead
 from hg_lmm.heads.hg import HGHead
 from hg_lmm.lmm.llava import TRAIN_PROMPT, LlavaAdapter
 from hg_lmm.lmm.processors import letterbox_meta
@@ -141,7 +142,7 @@ def test_released_hg_state_dict_loads_into_the_model(fixtures_dir, variant, capl
 
 
 def test_unet_sam_model_step_keeps_lmm_and_sam_encoder(tiny_llava, batch):
-    """Family B: one step trains the U-Net, text path, SAM prompt encoder and decoder only."""
+    """U-Net+SAM head: one step trains the U-Net, text path, SAM prompt encoder and decoder only."""
     from PIL import Image
 
     from hg_lmm.heads.unet_sam import SAMRefiner, UNetMaskHead, UNetSAMHead
@@ -192,16 +193,37 @@ def test_unet_sam_model_step_keeps_lmm_and_sam_encoder(tiny_llava, batch):
     assert not any(k.startswith(("lmm.", "head.sam.model.image_encoder.")) for k in keys)
 
 
-class _FixedHead(torch.nn.Module):
-    """A head that returns given [n, h, w] logits whatever the features."""
+class _FixedHead(MaskHead):
+    """A third head, written against `MaskHead` only: given [n, h, w] logits whatever the
+    features, plus an auxiliary map that `loss_prefixes` trains as "aux_*"."""
 
-    def __init__(self, logits):
+    loss_prefixes = {FINAL: "", "aux": "aux_"}
+
+    def __init__(self, logits, dims=None):
         super().__init__()
         self.logits = logits
         self.scale = torch.nn.Parameter(torch.ones(()))
 
-    def forward(self, features):
-        return self.logits * self.scale
+    def forward(self, features, image=None):
+        return {FINAL: self.logits * self.scale, "aux": -self.logits * self.scale}
+
+
+def test_a_new_head_needs_only_the_mask_head_interface(tiny_llava, batch):
+    """Loss terms per `loss_prefixes`, predictions from the FINAL map; a module that is not a
+    MaskHead, or an output without a named map, is refused with the interface's name."""
+    lmm, tok, _ = tiny_llava
+    adapter = LlavaAdapter(lmm=lmm, tokenizer=tok, processor=None, vision_layers=VISION_LAYERS)
+    sample = dict(batch[0])
+    n, (h, w) = sample["masks"].shape[0], sample["masks"].shape[-2:]
+    model = GroundingModel(lmm=adapter, head=_FixedHead(torch.zeros(n, h, w)))
+    losses = model([sample], mode="loss")
+    assert {"loss_mask", "loss_dice", "aux_loss_mask", "aux_loss_dice"} <= set(losses)
+    assert model([sample], mode="tensor")[0].shape == (n, h, w)
+    with pytest.raises(TypeError, match="MaskHead"):
+        GroundingModel(lmm=adapter, head=torch.nn.Linear(2, 2))
+    model.head.forward = lambda features, image=None: {"aux": torch.zeros(n, h, w)}
+    with pytest.raises(TypeError, match=r"returned \['aux'\]"):
+        model([sample], mode="tensor")
 
 
 def test_masks_threshold_the_resized_probabilities(tiny_llava, batch):
@@ -392,3 +414,39 @@ def test_eval_and_no_grad_do_not_checkpoint(model, batch):
     model(batch, mode="loss")
     model(batch, mode="predict")
     assert len(calls) == 2 * len(batch)
+
+
+def test_a_dataset_record_is_a_sample(tiny_llava, batch):
+    """The datasets' `GroundingSample` goes to the model as it is (a read-only mapping of its
+    fields, `caption_start` included) and gives the losses of the equivalent dict."""
+    import numpy as np
+    from PIL import Image
+
+    from hg_lmm.datasets.sample import GroundingSample, Piece
+    from hg_lmm.lmm.llava.processing import LlavaImageProcessor
+
+    lmm, tok, _ = tiny_llava
+    processor = LlavaImageProcessor(image_size=lmm.config.vision_config.image_size)
+    adapter = LlavaAdapter(lmm=lmm, tokenizer=tok, processor=processor, vision_layers=VISION_LAYERS)
+    model = GroundingModel(lmm=adapter, head=dict(type=HGHead))
+
+    s = batch[0]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8))
+    start = int((s["mask_ids"] < 0).sum())
+    record = GroundingSample(
+        image=image,
+        pieces=[Piece("x", 0), Piece("y", 1)],
+        masks=s["masks"],
+        plural=[False, False],
+        isthing=[True, True],
+        source="test",
+        input_ids=s["input_ids"],
+        mask_ids=s["mask_ids"],
+        caption_start=start,
+    )
+    assert record["caption_start"] == start and "pixel_values" not in record
+    plain = {k: record[k] for k in ("image", "input_ids", "mask_ids", "masks", "caption_start")}
+    model.eval()
+    with torch.no_grad():
+        a, b = model([record], mode="loss"), model([plain], mode="loss")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

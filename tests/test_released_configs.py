@@ -1,5 +1,5 @@
 """The six released configs: original file names, the reference recipes, and that each one builds
-the right head family and a working data pipeline once its LMM is swapped for a tiny one.
+the right head and a working data pipeline once its LMM is swapped for a tiny one.
 
 Real LMMs and SAM weights are never loaded here: `tiny_overrides` replaces `cfg.model.lmm` with
 the matching tiny adapter, SAM with a tiny random SAM, the tokenizer and prompt with the tiny
@@ -27,7 +27,7 @@ class Leaf:
     """A released config and the reference facts it must carry."""
 
     path: str
-    family: str  # "hg" or "unet_sam"
+    head: str  # "hg" (HG head) or "unet_sam" (U-Net+SAM head)
     lmm: str  # "1.3b", "7b" (DeepSeek-VL styles) or "llava"
     model_path: str
     max_epochs: int
@@ -95,8 +95,8 @@ def expected_prompt(leaf: Leaf) -> str:
         from hg_lmm.lmm.llava import TRAIN_PROMPT
 
         return TRAIN_PROMPT
-    from hg_lmm.lmm.deepseek_vl.adapter import deepseek_vl_train_prompt
     from hg_lmm.lmm.deepseek_vl.configuration import MultiModalityConfig
+    from hg_lmm.lmm.deepseek_vl.processing import deepseek_vl_train_prompt
 
     name = {"1.3b": "deepseek-vl-1.3b-chat", "7b": "deepseek-vl-7b-chat"}[leaf.lmm]
     release = MultiModalityConfig(**json.loads((FIXTURES / f"{name}.config.json").read_text()))
@@ -135,7 +135,7 @@ def tiny_overrides(cfg, leaf: Leaf, tiny_dir: Path, toy_root: Path):
         # The tiny grid has fewer image tokens than 576: the tiny adapter's own prompt.
         prompt = tiny_deepseek_vl_adapter(cache_dir=cache, style=leaf.lmm).train_prompt
     cfg.model.lmm = lmm
-    if leaf.family == "unet_sam":
+    if leaf.head == "unet_sam":
         cfg.model.head.sam.model = dict(type=tiny_sam)
     datasets = []
     for d in cfg.train_dataloader.dataset.datasets:
@@ -157,8 +157,7 @@ def test_recipe(leaf):
     from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 
     from hg_lmm.datasets.collate import concat_datasets, list_collate
-    from hg_lmm.datasets.png import PNGDataset
-    from hg_lmm.datasets.refcoco import RefCocoDataset
+    from hg_lmm.datasets.layout import png_dataset, refcoco_dataset
     from hg_lmm.datasets.transforms import TokenizePieces
     from hg_lmm.heads.hg import HGHead
     from hg_lmm.heads.unet_sam import SAMRefiner, UNetMaskHead, UNetSAMHead, build_sam
@@ -175,7 +174,7 @@ def test_recipe(leaf):
     assert model.lmm.model_path == leaf.model_path
     assert model.lmm.torch_dtype == "bfloat16"
     assert model.loss == dict(loss_mask_weight=1.0, loss_dice_weight=1.0)
-    if leaf.family == "hg":
+    if leaf.head == "hg":
         assert model.head.type is HGHead
     else:
         assert model.head.type is UNetSAMHead
@@ -206,12 +205,11 @@ def test_recipe(leaf):
     assert dl.batch_size == leaf.batch_size
     assert dl.collate_fn.type is list_collate and dl.dataset.type is concat_datasets
     png, *refs = dl.dataset.datasets
-    assert png.type is PNGDataset
-    assert png.json_file == "data/coco/annotations/png_coco_train2017.json"
-    assert [(r.type, r.split_file, r.split) for r in refs] == [
-        (RefCocoDataset, "refcoco/refs(unc).p", "train"),
-        (RefCocoDataset, "refcoco+/refs(unc).p", "train"),
-        (RefCocoDataset, "refcocog/refs(umd).p", "train"),
+    assert (png.type, png.data_root, png.split) == (png_dataset, "data/", "train2017")
+    assert [(r.type, r.data_root, r.name, r.split) for r in refs] == [
+        (refcoco_dataset, "data/", "refcoco", "train"),
+        (refcoco_dataset, "data/", "refcoco+", "train"),
+        (refcoco_dataset, "data/", "refcocog", "train"),
     ]
     prompt = expected_prompt(leaf)
     for d in dl.dataset.datasets:
@@ -238,7 +236,7 @@ def test_builds_with_tiny_lmm(leaf, tiny_dir, toy_root):
 
     cfg = tiny_overrides(load_leaf(leaf), leaf, tiny_dir, toy_root)
     model = build(cfg.model)
-    head_cls = HGHead if leaf.family == "hg" else UNetSAMHead
+    head_cls = HGHead if leaf.head == "hg" else UNetSAMHead
     assert type(model.head) is head_cls
     dims = model.lmm.dims
     assert model.head.dims == dims and dims.hidden_size == 32  # the tiny LMM's, not 2048/4096
@@ -261,12 +259,12 @@ def test_builds_with_tiny_lmm(leaf, tiny_dir, toy_root):
     for s in samples:
         assert s.input_ids.shape == s.mask_ids.shape
         assert int(s.mask_ids.max()) + 1 == len(s.masks)
-        assert (s.mask_ids[: s.prompt_len] == -1).all()
+        assert (s.mask_ids[: s.caption_start] == -1).all()
     model.train()
     losses = model([samples[0]], mode="loss")
     total = sum(v for k, v in losses.items() if "loss" in k)
     assert torch.isfinite(total)
-    assert ("sam_loss_mask" in losses) == (leaf.family == "unet_sam")
+    assert ("sam_loss_mask" in losses) == (leaf.head == "unet_sam")
 
 
 def test_tiny_overrides_touch_only_lmm_sam_tokenizer_and_paths(tiny_dir, toy_root):
@@ -280,5 +278,5 @@ def test_tiny_overrides_touch_only_lmm_sam_tokenizer_and_paths(tiny_dir, toy_roo
         tiny.train_dataloader.dataset.datasets, shipped.train_dataloader.dataset.datasets
     ):
         assert a["type"] is b["type"]
-        assert a.get("split_file") == b.get("split_file")
-        assert os.path.isabs(a.get("json_file", a.get("data_root")))
+        assert (a.get("name"), a["split"]) == (b.get("name"), b["split"])
+        assert os.path.isabs(a["data_root"])

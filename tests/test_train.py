@@ -33,7 +33,7 @@ def _train(cwd: Path, *args: str, ok: bool = True) -> str:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from hg_lmm.datasets.toy import ToyConfig, make_toy_data
+    from hg_lmm.testing.toy import ToyConfig, make_toy_data
 
     cwd = tmp_path_factory.mktemp("train")
     make_toy_data(str(cwd / "data" / "toy"), ToyConfig.small(png_train=6))

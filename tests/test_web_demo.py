@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hg_lmm.evaluation.rle import rle_to_mask
 from hg_lmm.utils.overlay import draw_overlay
+from hg_lmm.utils.rle import rle_to_mask
 from tests.conftest import REPO, TINY_CONFIG
 from tests.evaluation.conftest import _free_port
 
@@ -100,12 +100,12 @@ def server(golden_checkpoint, tmp_path_factory) -> Iterator[tuple[str, Path]]:
 @pytest.fixture(scope="module")
 def uploads(toy_root, tmp_path_factory) -> dict[str, str]:
     """A toy image, one over the pixel limit, and a text file named like an image."""
-    from hg_lmm.evaluation.benchmarks import refcoco_dataset
+    from hg_lmm.datasets.layout import refcoco_dataset
 
     folder = tmp_path_factory.mktemp("uploads")
     Image.new("RGB", (400, 400), "red").save(folder / "huge.png")
     (folder / "notes.png").write_text("this is not an image\n")
-    image = refcoco_dataset(toy_root, "refcoco_val")[0].image_path
+    image = refcoco_dataset(toy_root, "refcoco", "val")[0].image_path
     return {"image": image, "huge": str(folder / "huge.png"), "text": str(folder / "notes.png")}
 
 

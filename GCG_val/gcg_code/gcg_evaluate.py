@@ -15,9 +15,9 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 
+from hg_lmm.datasets.layout import gcg_dataset
 from hg_lmm.evaluation import gcg
-from hg_lmm.evaluation.benchmarks import gcg_dataset
-from hg_lmm.evaluation.metrics import BertTextSimilarity, caption_metrics, gcg_metrics
+from hg_lmm.evaluation.gcg_metrics import BertTextSimilarity, caption_metrics, gcg_metrics
 from hg_lmm.evaluation.runner import check_output_dir, eval_arg_parser, write_report
 
 

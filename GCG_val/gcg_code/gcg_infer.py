@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hg_lmm.datasets.layout import gcg_dataset
 from hg_lmm.evaluation import gcg
-from hg_lmm.evaluation.benchmarks import gcg_dataset
 from hg_lmm.evaluation.grounding import caption_and_ground
 from hg_lmm.evaluation.phrases import load_spacy
-from hg_lmm.evaluation.rle import write_json_atomic
 from hg_lmm.evaluation.runner import EvalRunner, check_output_dir, eval_arg_parser, positive_int
+from hg_lmm.utils.files import write_json_atomic
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
-from hg_lmm.evaluation.benchmarks import reasonseg_dataset, reasonseg_record
-from hg_lmm.evaluation.metrics import reasonseg_metrics
+from hg_lmm.datasets.layout import reasonseg_dataset
+from hg_lmm.evaluation.benchmarks import reasonseg_record
+from hg_lmm.evaluation.mask_metrics import reasonseg_metrics
 from hg_lmm.evaluation.runner import (
     EvalRunner,
     add_save_vis_argument,

@@ -5,8 +5,7 @@ from mmengine.dataset import DefaultSampler
 from mmengine.optim import OptimWrapper
 
 from hg_lmm.datasets.collate import concat_datasets, list_collate
-from hg_lmm.datasets.png import PNGDataset
-from hg_lmm.datasets.refcoco import RefCocoDataset
+from hg_lmm.datasets.layout import png_dataset, refcoco_dataset
 from hg_lmm.datasets.transforms import TokenizePieces
 from hg_lmm.heads.hg import HGHead
 from hg_lmm.lmm.llava import TRAIN_PROMPT
@@ -34,22 +33,9 @@ tokenize = dict(
     tokenizer=dict(type=tiny_llava_tokenizer, cache_dir=tiny_lmm_dir),
     prompt=TRAIN_PROMPT,
 )
-png_train = dict(
-    type=PNGDataset,
-    json_file=data_root + "coco/annotations/png_coco_train2017.json",
-    panoptic_json_file=data_root + "coco/annotations/panoptic_train2017.json",
-    panoptic_png_dir=data_root + "coco/annotations/panoptic_train2017/",
-    image_dir=data_root + "coco/train2017/",
-    transform=tokenize,
-)
+png_train = dict(type=png_dataset, data_root=data_root, split="train2017", transform=tokenize)
 refcoco_train = dict(
-    type=RefCocoDataset,
-    data_root=data_root + "coco/",
-    ann_file="refcoco/instances.json",
-    split_file="refcoco/refs(unc).p",
-    image_dir="train2014/",
-    split="train",
-    transform=tokenize,
+    type=refcoco_dataset, data_root=data_root, name="refcoco", split="train", transform=tokenize
 )
 
 train_dataloader = dict(

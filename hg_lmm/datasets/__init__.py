@@ -1,5 +1,6 @@
-"""Datasets in the official formats (PNG, RefCOCO/+/g, GranD-f GCG, ReasonSeg), their tokenizing
-transform, collation, and the synthetic toy set.
+"""Datasets in the official formats (PNG, RefCOCO/+/g, GranD-f GCG, ReasonSeg), where their files
+sit below a data root (`layout`), their tokenizing transform and collation. The synthetic toy set
+that mirrors them is test tooling: `hg_lmm.testing.toy`.
 
 Importing this package loads no data and imports neither mmdet nor pycocotools.
 """

@@ -86,7 +86,7 @@ def coco_segmentation_to_mask(segm: Any, height: int, width: int, *, source: str
     """
     from pycocotools import mask as mask_utils
 
-    from hg_lmm.evaluation.rle import rle_to_mask
+    from hg_lmm.utils.rle import rle_to_mask
 
     try:
         if isinstance(segm, list):

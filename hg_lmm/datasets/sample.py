@@ -6,7 +6,8 @@ adapter owns) and the tokenizer are applied afterwards by `hg_lmm.datasets.trans
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -30,8 +31,9 @@ class Piece:
 
 
 @dataclass
-class GroundingSample:
-    """One training / evaluation sample.
+class GroundingSample(Mapping):
+    """One training / evaluation sample, and the record `GroundingModel` reads: it is a read-only
+    mapping of its fields (`sample["input_ids"]`, `"image" in sample`), as a plain dict sample is.
 
     Fields:
       image: the RGB image at its original size (w, h).
@@ -45,7 +47,8 @@ class GroundingSample:
       image_path: the image file.
       input_ids: [T] long, filled by `TokenizePieces`: prompt tokens, then the piece tokens.
       mask_ids: [T] long, filled by `TokenizePieces`: the mask index of each token or -1.
-      prompt_len: number of prompt tokens at the start of `input_ids` (filled with them).
+      caption_start: number of prompt tokens at the start of `input_ids`, i.e. where the caption
+        starts (filled with them).
       extra: dataset-specific fields.
     """
 
@@ -59,8 +62,23 @@ class GroundingSample:
     image_path: str | None = None
     input_ids: torch.Tensor | None = None
     mask_ids: torch.Tensor | None = None
-    prompt_len: int | None = None
+    caption_start: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._field_names():
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._field_names())
+
+    def __len__(self) -> int:
+        return len(self._field_names())
+
+    @classmethod
+    def _field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
 
     @property
     def num_masks(self) -> int:

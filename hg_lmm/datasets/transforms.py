@@ -53,7 +53,7 @@ def encode_pieces(
 
     Returns:
       input_ids [T] long, mask_ids [T] long (-1 for prompt, unmasked pieces and periods),
-      prompt_len (the number of prompt tokens at the start).
+      caption_start (the number of prompt tokens at the start).
 
     Raises EmptyPieceError when a piece that owns a mask encodes to no token. An unmasked piece
     that encodes to nothing (e.g. an empty utterance) just contributes no token.
@@ -88,7 +88,7 @@ def encode_pieces(
 
 
 class TokenizePieces:
-    """Dataset transform: fills `input_ids`, `mask_ids` and `prompt_len` of a GroundingSample.
+    """Dataset transform: fills `input_ids`, `mask_ids` and `caption_start` of a GroundingSample.
 
     Arguments:
       tokenizer: the LMM's tokenizer.
@@ -115,11 +115,11 @@ class TokenizePieces:
     def __call__(self, sample: GroundingSample) -> GroundingSample:
         if self.drop_ungroundable:
             sample = self._drop_ungroundable(sample)
-        input_ids, mask_ids, prompt_len = encode_pieces(
+        input_ids, mask_ids, caption_start = encode_pieces(
             self.tokenizer, self.prompt_ids, sample.pieces, source=sample.source
         )
         return dataclasses.replace(
-            sample, input_ids=input_ids, mask_ids=mask_ids, prompt_len=prompt_len
+            sample, input_ids=input_ids, mask_ids=mask_ids, caption_start=caption_start
         )
 
     def _drop_ungroundable(self, sample: GroundingSample) -> GroundingSample:

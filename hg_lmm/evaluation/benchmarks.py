@@ -1,8 +1,9 @@
-"""The evaluation benchmarks: which datasets each one reads below a data root, how one sample is
-scored, and how the scores are reduced. The CLIs and training-time evaluation share these.
+"""The evaluation benchmarks: which splits each one reads (their files are placed by
+`hg_lmm.datasets.layout`), how one sample is scored, and how the scores are reduced. The CLIs and
+training-time evaluation share these.
 
 Scoring a sample returns `MaskRecord`s (sample id, I, U, tags) so that every reduction is exact
-under multi-process evaluation (see `hg_lmm.evaluation.metrics`). Sample ids are
+under multi-process evaluation (see `hg_lmm.evaluation.mask_metrics`). Sample ids are
 `<dataset index>/<mask index>`: unique within a dataset, and the same whatever process scored them.
 """
 
@@ -10,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from hg_lmm.evaluation.metrics import (
+from hg_lmm.evaluation.mask_metrics import (
     EMPTY_TARGET,
     IGNORE_INDEX,
     MaskRecord,
@@ -25,16 +25,16 @@ from hg_lmm.evaluation.metrics import (
 )
 
 # RefCOCO-family evaluation splits, in the order the reference reports them:
-# name -> (folder below <data-root>/coco, refs file, split).
-REFCOCO_SPLITS: dict[str, tuple[str, str, str]] = {
-    "refcoco_val": ("refcoco", "refs(unc).p", "val"),
-    "refcoco_testA": ("refcoco", "refs(unc).p", "testA"),
-    "refcoco_testB": ("refcoco", "refs(unc).p", "testB"),
-    "refcoco+_val": ("refcoco+", "refs(unc).p", "val"),
-    "refcoco+_testA": ("refcoco+", "refs(unc).p", "testA"),
-    "refcoco+_testB": ("refcoco+", "refs(unc).p", "testB"),
-    "refcocog_val": ("refcocog", "refs(umd).p", "val"),
-    "refcocog_test": ("refcocog", "refs(umd).p", "test"),
+# name -> (data set, split) (`hg_lmm.datasets.layout.refcoco_dataset`).
+REFCOCO_SPLITS: dict[str, tuple[str, str]] = {
+    "refcoco_val": ("refcoco", "val"),
+    "refcoco_testA": ("refcoco", "testA"),
+    "refcoco_testB": ("refcoco", "testB"),
+    "refcoco+_val": ("refcoco+", "val"),
+    "refcoco+_testA": ("refcoco+", "testA"),
+    "refcoco+_testB": ("refcoco+", "testB"),
+    "refcocog_val": ("refcocog", "val"),
+    "refcocog_test": ("refcocog", "test"),
 }
 
 # ReasonSeg: LISA's question suffix that asks for a short object name, which is then grounded.
@@ -44,60 +44,16 @@ REASONSEG_SUFFIX = (
 )
 
 
-# --------------------------------------------------------------------------------------------
-# Datasets below a data root (data/README.md layout; data/toy mirrors it)
-# --------------------------------------------------------------------------------------------
-
-
-def png_val_dataset(data_root: str, transform: Callable | None = None) -> Any:
-    """PNG val2017 narratives below `data_root` (`coco/annotations/png_coco_val2017.json`...)."""
-    from hg_lmm.datasets import PNGDataset
-
-    ann = os.path.join(data_root, "coco", "annotations")
-    return PNGDataset(
-        json_file=os.path.join(ann, "png_coco_val2017.json"),
-        panoptic_json_file=os.path.join(ann, "panoptic_val2017.json"),
-        panoptic_png_dir=os.path.join(ann, "panoptic_val2017"),
-        image_dir=os.path.join(data_root, "coco", "val2017"),
-        transform=transform,
-    )
-
-
-def refcoco_dataset(data_root: str, name: str) -> Any:
-    """One RefCOCO-family split (`REFCOCO_SPLITS` key), one sample per image, untokenized."""
-    from hg_lmm.datasets import RefCocoDataset
+def refcoco_eval_dataset(data_root: str, name: str) -> Any:
+    """One RefCOCO-family evaluation split (`REFCOCO_SPLITS` key) below `data_root`, one sample
+    per image, untokenized. The other benchmarks' datasets come straight from
+    `hg_lmm.datasets.layout` (`png_dataset(root, "val2017")`, `gcg_dataset`, `reasonseg_dataset`).
+    """
+    from hg_lmm.datasets.layout import refcoco_dataset
 
     if name not in REFCOCO_SPLITS:
         raise KeyError(f"unknown RefCOCO split {name!r}; expected one of {list(REFCOCO_SPLITS)}")
-    folder, refs, split = REFCOCO_SPLITS[name]
-    return RefCocoDataset(
-        data_root=os.path.join(data_root, "coco") + os.sep,
-        ann_file=f"{folder}/instances.json",
-        split_file=f"{folder}/{refs}",
-        image_dir="train2014/",
-        split=split,
-    )
-
-
-def gcg_dataset(data_root: str, split: str) -> Any:
-    """GranD-f GCG `split` ("val" or "test") ground truth below `data_root`."""
-    from hg_lmm.datasets import GranDfGCGDataset
-
-    if split not in ("val", "test"):
-        raise ValueError(f"GCG split must be 'val' or 'test', got {split!r}")
-    ann = os.path.join(data_root, "GCG", "GranDf", "annotations", "val_test")
-    return GranDfGCGDataset(
-        caption_json=os.path.join(ann, f"{split}_gcg_coco_caption_gt.json"),
-        mask_json=os.path.join(ann, f"{split}_gcg_coco_mask_gt.json"),
-        image_dir=os.path.join(data_root, "GCG", "GranDf_HA_images", "val_test"),
-    )
-
-
-def reasonseg_dataset(data_root: str, split: str) -> Any:
-    """LISA's ReasonSeg `split` folder below `data_root` (`reason_seg/ReasonSeg/<split>`)."""
-    from hg_lmm.datasets import ReasonSegDataset
-
-    return ReasonSegDataset(root=os.path.join(data_root, "reason_seg", "ReasonSeg", split))
+    return refcoco_dataset(data_root, *REFCOCO_SPLITS[name])
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,14 +223,11 @@ def png_report(records: Sequence[MaskRecord]) -> dict[str, float]:
 __all__ = [
     "REASONSEG_SUFFIX",
     "REFCOCO_SPLITS",
-    "gcg_dataset",
     "png_pixel_accuracy",
     "png_records",
     "png_report",
-    "png_val_dataset",
-    "reasonseg_dataset",
     "reasonseg_question",
     "reasonseg_record",
-    "refcoco_dataset",
+    "refcoco_eval_dataset",
     "refseg_records",
 ]

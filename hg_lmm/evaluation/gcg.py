@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hg_lmm.evaluation.metrics import GcgSample
-from hg_lmm.evaluation.rle import masks_to_rles, write_json_atomic
+from hg_lmm.evaluation.gcg_metrics import GcgSample
+from hg_lmm.utils.files import write_json_atomic
+from hg_lmm.utils.rle import masks_to_rles
 
 logger = logging.getLogger(__name__)
 

@@ -199,14 +199,14 @@ def refer(
     expression = expression.strip()
     if not expression:
         raise ValueError("the referring expression is empty; pass the phrase to segment")
-    input_ids, mask_ids, prompt_len = encode_pieces(
+    input_ids, mask_ids, start = encode_pieces(
         model.lmm.tokenizer,
         model.lmm.train_prompt,
         [Piece(expression, mask_id=0, period_after=True)],
         source=f"expression {expression!r}",
     )
     features = model.lmm.extract(
-        {"image": image, "input_ids": input_ids, "mask_ids": mask_ids, "caption_start": prompt_len}
+        {"image": image, "input_ids": input_ids, "mask_ids": mask_ids, "caption_start": start}
     )
     tokens = (features.mask_ids == 0).nonzero()[:, 0].tolist()
     answer = Answer(text=expression, token_ids=features.token_ids, features=features)

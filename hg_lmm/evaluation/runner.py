@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from hg_lmm.evaluation.metrics import EMPTY_TARGET
-from hg_lmm.evaluation.rle import write_json_atomic
+from hg_lmm.evaluation.mask_metrics import EMPTY_TARGET
+from hg_lmm.utils.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

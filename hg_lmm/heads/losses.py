@@ -5,8 +5,8 @@ See docs/architecture.md, "Losses and ground truth".
 loss = loss_mask_weight * BCE + loss_dice_weight * Dice, with mmdet's own loss classes:
 `CrossEntropyLoss(use_sigmoid=True)` averaged over every pixel of every mask, and
 `DiceLoss(use_sigmoid=True, naive_dice=True, eps=1)` averaged over masks. The default weights
-(1.0 and 1.0) are those of the F-LMM and HG-LMM configs. Family B applies the same loss to its
-coarse and its SAM masks.
+(1.0 and 1.0) are those of the F-LMM and HG-LMM configs. The U-Net+SAM head applies the same loss
+to its coarse and its SAM masks.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class MaskLoss(nn.Module):
 
         Returns {prefix + "loss_mask": BCE mean over the n*h*w pixels,
                  prefix + "loss_dice": Dice mean over the n masks}, each already weighted.
-        Use prefix="sam_" for family B's refined masks, as the reference logs them.
+        Use prefix="sam_" for the U-Net+SAM head's refined masks, as the reference logs them.
         """
         _check_pair(logits, targets)
         n = logits.shape[0]

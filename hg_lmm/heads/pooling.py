@@ -1,4 +1,4 @@
-"""Per-phrase pooling of token-level LMM outputs, shared by both head families."""
+"""Per-phrase pooling and layer weighting of token-level LMM outputs, shared by both heads."""
 
 from __future__ import annotations
 
@@ -54,6 +54,18 @@ def attention_prior(attn: torch.Tensor, pooling: torch.Tensor) -> torch.Tensor:
     L, H, T, g1, g2 = attn.shape
     pooled = torch.einsum("nt,lhtxy->nlhxy", pooling.to(attn.dtype), attn)
     return pooled.reshape(pooling.shape[0], L * H, g1, g2)
+
+
+def layer_weighted(hidden: torch.Tensor, layer_weights: torch.Tensor) -> torch.Tensor:
+    """The text states both heads read: sum_l softmax(w)_l * hidden[l].
+
+    hidden: [L, T, D] LMM hidden states at the caption tokens.
+    layer_weights: [L] the head's learnt `text_layer_weights` (1.0 at start, as in the
+      references: the softmax starts uniform over layers).
+    Returns [T, D] in the dtype of `hidden`.
+    """
+    weights = torch.softmax(layer_weights, dim=0)
+    return (hidden * weights[:, None, None]).sum(dim=0)
 
 
 def phrase_attention(

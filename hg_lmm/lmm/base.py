@@ -1,6 +1,6 @@
 """What every frozen-LMM adapter exposes: a dims record and one features record per sample.
 
-The head family never looks at the LMM itself; it only reads `LMMDims` (to size its layers) and
+A head never looks at the LMM itself; it only reads `LMMDims` (to size its layers) and
 `LMMFeatures` (the tensors of one sample). A new LMM is supported by writing an adapter that fills
 these two records.
 """

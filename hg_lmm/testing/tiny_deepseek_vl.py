@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
-from hg_lmm.lmm.processors import CLIP_MEAN, CLIP_STD, DeepseekVLImageProcessor
+from hg_lmm.lmm.deepseek_vl.processing import DeepseekVLImageProcessor
+from hg_lmm.lmm.processors import CLIP_MEAN, CLIP_STD
 
 STYLES = ("1.3b", "7b")
-# Eight selected blocks, as the head family expects, spread over the 4-block tiny towers.
+# Eight selected blocks, as both heads expect, spread over the 4-block tiny towers.
 TINY_FEATURE_LAYERS = (0, 0, 1, 1, 2, 2, 3, 3)
 
 

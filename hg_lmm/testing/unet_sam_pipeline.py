@@ -1,6 +1,6 @@
 """The RNG-free tiny U-Net+SAM pipeline behind the end-to-end golden fixture.
 
-tests/fixtures/unet_sam/ pins the whole family-B path (tiny LLaVA -> attention maps -> U-Net ->
+tests/fixtures/unet_sam/ pins the whole U-Net+SAM path (tiny LLaVA -> attention maps -> U-Net ->
 F-LMM's grid crop -> SAM prompts -> SAM masks) on the tensors built here. Every weight comes from
 the integer-hash rule of `hg_lmm.testing.golden` (keyed by state-dict name), so every machine and
 every torch version rebuilds the same bits; the recipe lives in the fixture's JSON.

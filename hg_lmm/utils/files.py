@@ -1,5 +1,5 @@
-"""File helpers shared by training and evaluation: atomic writes, a start-up check that an output
-folder is writable, and content hashes.
+"""File helpers shared by training and evaluation: atomic writes (bytes and JSON), a start-up check
+that an output folder is writable, and content hashes.
 
 Atomic means readers (a resumed run, another process) see either the old file or the complete new
 one, never a torn one: the data goes to a temporary file in the same folder (so the final
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -74,6 +75,13 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         handle.write(data)
 
 
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = None) -> None:
+    """Write `obj` as JSON to `path` atomically (see `atomic_open`), e.g. a prediction or results
+    file: an interrupted evaluation never leaves a truncated one behind."""
+    with atomic_open(path, "w") as handle:
+        json.dump(obj, handle, indent=indent)
+
+
 def require_writable_dir(path: str | os.PathLike, flag: str) -> Path:
     """Create `path` if needed and check that a file can be written in it; returns it.
 
@@ -110,4 +118,5 @@ __all__ = [
     "require_writable_dir",
     "sha256_file",
     "write_bytes_atomic",
+    "write_json_atomic",
 ]

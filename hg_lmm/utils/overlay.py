@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from hg_lmm.utils.arrays import as_numpy
+
 # Distinct, saturated colours (Tableau 10 first, then brighter extras); phrase k gets entry k
 # modulo the length, so numbering (1-based in the legend) and colour always agree.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -34,9 +36,7 @@ def hex_color(k: int) -> str:
 
 
 def _as_bool_masks(masks: Any, height: int, width: int) -> np.ndarray:
-    if hasattr(masks, "detach"):  # a torch tensor
-        masks = masks.detach().cpu().numpy()
-    array = np.asarray(masks)
+    array = as_numpy(masks)
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3 or array.shape[1:] != (height, width):

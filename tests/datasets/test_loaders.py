@@ -27,8 +27,9 @@ from hg_lmm.datasets import (
     list_collate,
 )
 from hg_lmm.datasets.reasonseg import labelme_masks
-from hg_lmm.datasets.toy import COLORS, GRASS_RGB, SHAPES, SKY_RGB, ToyConfig, make_toy_data
-from hg_lmm.datasets.toy import toy_paths as _toy_paths
+from hg_lmm.testing.toy import ToyConfig, make_toy_data
+from hg_lmm.testing.toy import toy_paths as _toy_paths
+from hg_lmm.testing.toy.scenes import COLORS, GRASS_RGB, SHAPES, SKY_RGB
 
 
 @pytest.fixture(scope="session")

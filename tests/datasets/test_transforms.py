@@ -13,8 +13,8 @@ from hg_lmm.datasets import (
     TokenizePieces,
     encode_pieces,
 )
-from hg_lmm.datasets.toy import ToyConfig, make_toy_data
 from hg_lmm.testing.tiny_models import tiny_tokenizer
+from hg_lmm.testing.toy import ToyConfig, make_toy_data
 
 PROMPTS = {
     "llava": "USER: <image>\nPlease give me a description of the image. ASSISTANT:",
@@ -40,7 +40,7 @@ def toy(tmp_path_factory):
 def _check_alignment(tok, sample) -> None:
     ids, mids = sample.input_ids, sample.mask_ids
     assert ids.dtype == mids.dtype == torch.long and ids.shape == mids.shape
-    p = sample.prompt_len
+    p = sample.caption_start
     assert (mids[:p] == -1).all() and ids[0].item() == tok.bos_token_id
     for piece in sample.pieces:
         if piece.mask_id < 0:
@@ -72,9 +72,10 @@ def test_png_pieces_line_up_with_phrases(kind_tok, toy):
     )
     for i in range(len(ds)):
         s = ds[i]
-        assert s.prompt_len == len(tok.encode(PROMPTS[kind]))
+        assert s.caption_start == len(tok.encode(PROMPTS[kind]))
         image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN[kind])
-        assert int((s.input_ids[: s.prompt_len] == image_id).sum()) == IMAGE_TOKENS_IN_PROMPT[kind]
+        in_prompt = s.input_ids[: s.caption_start]
+        assert int((in_prompt == image_id).sum()) == IMAGE_TOKENS_IN_PROMPT[kind]
         _check_alignment(tok, s)
 
 

@@ -1,6 +1,6 @@
-"""Fixtures of the eval-CLI tests: a tiny BERT, and runners for a CLI in this process (one rank) or
-under `accelerate launch` (two ranks). The toy data and the golden-weight checkpoint of the tiny
-config come from the root conftest."""
+"""Fixtures of the eval tests: a tiny BERT, runners for a CLI in this process (one rank) or under
+`accelerate launch` (two ranks), and hand-made masks for the metric tests. The toy data and the
+golden-weight checkpoint of the tiny config come from the root conftest."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO, TINY_CONFIG
@@ -34,6 +35,14 @@ import json, runpy, sys
 for script, argv in json.loads(sys.argv[1]):
     runpy.run_path(script, run_name="__cli__")["main"](argv)
 """
+
+
+def strip(*pixel_sets: set[int], width: int = 8) -> np.ndarray:
+    """[N, 1, width] bool masks from sets of foreground columns (hand-made masks)."""
+    out = np.zeros((len(pixel_sets), 1, width), dtype=bool)
+    for k, pixels in enumerate(pixel_sets):
+        out[k, 0, sorted(pixels)] = True
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from tests.evaluation.conftest import TINY_CONFIG, read_results, run_cli
 def test_png_two_ranks_equal_one_rank(
     toy_root, golden_checkpoint, two_rank_runs, tmp_path, monkeypatch
 ) -> None:
-    from hg_lmm.evaluation.benchmarks import png_val_dataset
+    from hg_lmm.datasets.layout import png_dataset
 
     argv = [TINY_CONFIG, "--checkpoint", golden_checkpoint, "--data-root", toy_root]
     run_cli("png", [*argv, "--work-dir", str(tmp_path)], monkeypatch)
@@ -25,7 +25,7 @@ def test_png_two_ranks_equal_one_rank(
     assert 0.0 < metrics["pixel_acc"] < 1.0
 
     # Each narrative is scored once, and each grounded utterance gives one record.
-    dataset = png_val_dataset(toy_root)
+    dataset = png_dataset(toy_root, "val2017")
     masks = sum(dataset[i].num_masks for i in range(len(dataset)))
     assert one["counts"]["png_val"] == {"samples": len(dataset), "records": masks, "per_rank": [6]}
     assert two["counts"]["png_val"] == {"samples": 6, "records": masks, "per_rank": [3, 3]}

@@ -35,12 +35,12 @@ def test_refcoco_two_ranks_equal_one_rank(
 
 @pytest.mark.slow
 def test_two_ranks_count_every_image_and_expression_once(toy_root, two_rank_runs) -> None:
-    from hg_lmm.evaluation.benchmarks import refcoco_dataset
+    from hg_lmm.evaluation.benchmarks import refcoco_eval_dataset
 
     two = read_results(two_rank_runs("refcoco_concat"), "refcoco")
     assert list(two["metrics"]) == SPLITS  # all eight benchmarks, cIoU and mIoU each
     for split in SPLITS:
-        dataset = refcoco_dataset(toy_root, split)
+        dataset = refcoco_eval_dataset(toy_root, split)
         expressions = sum(dataset[i].num_masks for i in range(len(dataset)))
         assert two["counts"][split] == {
             "samples": len(dataset),

@@ -10,10 +10,11 @@ import shutil
 import pytest
 import torch
 
+from hg_lmm.datasets.layout import gcg_dataset
 from hg_lmm.datasets.sample import GroundingSample, Piece
 from hg_lmm.evaluation import gcg
-from hg_lmm.evaluation.benchmarks import gcg_dataset, refseg_records
-from hg_lmm.evaluation.metrics import EMPTY_TARGET, MaskRecord, refseg_metrics
+from hg_lmm.evaluation.benchmarks import refseg_records
+from hg_lmm.evaluation.mask_metrics import EMPTY_TARGET, MaskRecord, refseg_metrics
 from hg_lmm.evaluation.runner import EvalRunner, write_report
 from hg_lmm.utils.files import default_file_mode
 from tests.evaluation.conftest import TINY_CONFIG, read_results, run_cli
@@ -154,7 +155,7 @@ def test_gcg_evaluate_names_the_text_model_flag(tmp_path, monkeypatch) -> None:
 def test_gcg_mask_metrics_are_saved_when_captions_fail(
     toy_root, tiny_bert, tmp_path, monkeypatch
 ) -> None:
-    from hg_lmm.evaluation import metrics
+    from hg_lmm.evaluation import gcg_metrics
 
     pred_dir = tmp_path / "pred"
     dataset = gcg_dataset(toy_root, "val")
@@ -168,7 +169,7 @@ def test_gcg_mask_metrics_are_saved_when_captions_fail(
         raise RuntimeError("meteor-1.5.jar died")
 
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/java")
-    monkeypatch.setattr(metrics, "caption_metrics", meteor_crash)
+    monkeypatch.setattr(gcg_metrics, "caption_metrics", meteor_crash)
     argv = ["--prediction-dir", str(pred_dir), "--data-root", toy_root, "--text-model", tiny_bert]
     with pytest.raises(SystemExit, match="meteor-1.5.jar died.*saved above.*--no-captions"):
         run_cli("gcg_evaluate", [*argv, "--work-dir", str(tmp_path)], monkeypatch)

@@ -18,7 +18,7 @@ from hg_lmm.evaluation.benchmarks import (
     reasonseg_question,
     refseg_records,
 )
-from hg_lmm.evaluation.metrics import MaskRecord
+from hg_lmm.evaluation.mask_metrics import MaskRecord
 from hg_lmm.evaluation.runner import (
     EvalRunner,
     default_work_dir,

@@ -21,7 +21,7 @@ def _pixels(path) -> np.ndarray:
 def test_refcoco_overlays_show_the_models_prediction(
     toy_root, golden_checkpoint, tmp_path, monkeypatch
 ) -> None:
-    from hg_lmm.evaluation.benchmarks import refcoco_dataset
+    from hg_lmm.datasets.layout import refcoco_dataset
     from hg_lmm.evaluation.runner import load_model, make_tokenize
     from hg_lmm.utils.overlay import compare_overlay
 
@@ -33,7 +33,7 @@ def test_refcoco_overlays_show_the_models_prediction(
 
     # Drawn independently: the model's prediction of sample 0 and its ground truth.
     model = load_model(TINY_CONFIG, golden_checkpoint)
-    sample = refcoco_dataset(toy_root, "refcoco_val")[0]
+    sample = refcoco_dataset(toy_root, "refcoco", "val")[0]
     pred = model([make_tokenize(model)(sample)], mode="predict")[0]["masks"]
     expected = compare_overlay(
         sample.image, pred, sample.masks, sample.phrases, title=sample.source

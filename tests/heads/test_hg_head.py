@@ -77,7 +77,7 @@ class _GoldenRun:
             for name in ("lifg", "lcb", "ldsi", "fuse_maskhead")
         ]
         with torch.no_grad():
-            self.logits = self.head(self.features)
+            self.logits = self.head(self.features)["logits"]
             self.embeddings = self.head.phrase_embeddings(
                 self.features.hidden, self.features.mask_ids
             )
@@ -208,7 +208,7 @@ def _train_step(dims: LMMDims, mask_ids: list[int], image_hw: tuple[int, int]) -
     head = HGHead(dims=dims).train()
     meta = _letterbox_meta(dims.image_size, *image_hw)
     features = _random_features(dims, mask_ids, meta)
-    logits = head(features)
+    logits = head(features)["logits"]
     assert logits.shape == (max(mask_ids) + 1, *image_hw)
     target = (torch.rand_like(logits) > 0.5).float()
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
@@ -301,7 +301,7 @@ def test_prepared_features_give_the_same_logits():
     prepared = head.prepare_features(features)
     assert prepared.attn is None and prepared.attn_prior.shape == (3, 8, 6, 6)
     with torch.no_grad():
-        assert torch.equal(head(prepared), head(features))
+        assert torch.equal(head(prepared)["logits"], head(features)["logits"])
     prepared.attn_prior = prepared.attn_prior[:2]
     with pytest.raises(ValueError, match="LMMFeatures.attn_prior"):
         head(prepared)

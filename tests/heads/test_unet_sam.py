@@ -1,5 +1,5 @@
-"""Head family B: the U-Net mask head against the golden fixtures, the checkpoint key set, and the
-SAM refiner on a tiny SAM (CPU, seconds)."""
+"""The U-Net+SAM head: the U-Net mask head against the golden fixtures, the checkpoint key set,
+and the SAM refiner on a tiny SAM (CPU, seconds)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def fixture(fixtures_dir):
 
 
 def _dims_from_fixture(record: dict) -> LMMDims:
-    """LMMDims read off the released key shapes (the vision fields do not matter to family B)."""
+    """LMMDims read off the released key shapes (the vision fields do not matter to this head)."""
     shapes = record["state_dict_shapes"]
     num_layers = shapes["text_layer_weights"][0]
     hidden = shapes["text_proj.weight"][1]
@@ -290,8 +290,8 @@ def test_prepared_features_give_the_same_logits(tiny_head):
     head.eval()
     with torch.no_grad():
         a, b = head(prepared, image), head(features, image)
-    assert torch.equal(a.mask_logits, b.mask_logits)
-    assert torch.equal(a.refined_logits, b.refined_logits)
+    assert torch.equal(a["unet_logits"], b["unet_logits"])
+    assert torch.equal(a["logits"], b["logits"])
 
 
 def test_forward_backward_tiny_sam(tiny_head):
@@ -301,15 +301,15 @@ def test_forward_backward_tiny_sam(tiny_head):
     assert not head.sam.model.image_encoder.training
 
     out = head(features, image)
-    assert out.mask_logits.shape == (3, 1, 64, 64)  # the 6x6 grid upsampled by 64/6
+    assert out["unet_logits"].shape == (3, 1, 64, 64)  # the 6x6 grid upsampled by 64/6
     # F-LMM's grid crop of the 64-map: rows floor(3 * 64/24) = 8 .. 8 + floor(18 * 64/24 + .5) = 48.
-    assert out.coarse_logits.shape == (3, 48, 64)
-    assert out.refined_logits.shape == (3, 45, 60)
+    assert out["coarse_logits"].shape == (3, 48, 64)
+    assert out["logits"].shape == (3, 45, 60)
 
     target = torch.zeros(3, 45, 60)
     target[:, 10:30, 20:50] = 1
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(out.refined_logits, target)
-    loss = loss + out.coarse_logits.sigmoid().mean()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logits"], target)
+    loss = loss + out["coarse_logits"].sigmoid().mean()
     loss.backward()
 
     def grads(module):
@@ -337,8 +337,8 @@ def test_sam_image_input_matches_raw_image(tiny_head):
     features, image = _tiny_sample(dims, [0, 1, 1])
     head.eval()
     with torch.no_grad():
-        a = head(features, image).refined_logits
-        b = head(features, head.sam.prepare_image(Image.fromarray(image))).refined_logits
+        a = head(features, image)["logits"]
+        b = head(features, head.sam.prepare_image(Image.fromarray(image)))["logits"]
     assert isinstance(head.sam.prepare_image(image), SAMImage)
     torch.testing.assert_close(a, b)
 

@@ -21,7 +21,8 @@ from PIL import Image
 
 from hg_lmm.heads.unet_sam import SAMRefiner, UNetMaskHead, UNetSAMHead
 from hg_lmm.lmm.base import LMMDims, LMMFeatures
-from hg_lmm.lmm.processors import DeepseekVLImageProcessor, LlavaImageProcessor
+from hg_lmm.lmm.deepseek_vl.processing import DeepseekVLImageProcessor
+from hg_lmm.lmm.llava.processing import LlavaImageProcessor
 from hg_lmm.testing.tiny_sam import tiny_sam
 from hg_lmm.utils.masks import crop_to_image_grid, grid_image_region
 
@@ -240,13 +241,13 @@ def test_sam_inputs_and_final_logits_follow_flmm(head, monkeypatch, case):
 
     top, left, h, w = flmm_crop_region(meta, 64, 64)
     coarse = designed[:, 0, top : top + h, left : left + w]
-    assert torch.equal(out.coarse_logits, coarse)
+    assert torch.equal(out["coarse_logits"], coarse)
     text = head.phrase_token_embeddings(features.hidden, features.mask_ids)
     prompt, boxes, logits = reference_sam(head.sam.model, image, coarse, text)
     torch.testing.assert_close(seen["masks"], prompt, atol=1e-6, rtol=0)
     torch.testing.assert_close(seen["boxes"], boxes, atol=1e-5, rtol=0)
-    assert out.refined_logits.shape == (3, height, width)
-    torch.testing.assert_close(out.refined_logits, logits, atol=1e-4, rtol=0)
+    assert out["logits"].shape == (3, height, width)
+    torch.testing.assert_close(out["logits"], logits, atol=1e-4, rtol=0)
     # Phrase 1 is empty: the whole image, in SAM's frame.
     scale = 64 / max(width, height)  # segment_anything's resize: long side 64, rounded half up
     frame_w, frame_h = int(width * scale + 0.5), int(height * scale + 0.5)
@@ -330,10 +331,10 @@ def test_end_to_end_matches_flmm_recording(golden, golden_model, index):
     finally:
         hook.remove()
     assert features.meta == case["meta"]
-    assert list(out.coarse_logits.shape) == case["coarse_shape"]
+    assert list(out["coarse_logits"].shape) == case["coarse_shape"]
     name = case["name"]
     coarse = expected[f"{name}/coarse_logits"]
-    torch.testing.assert_close(out.coarse_logits, coarse, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out["coarse_logits"], coarse, atol=1e-4, rtol=0)
     torch.testing.assert_close(seen[0], torch.tensor(case["box_prompts"]), atol=1e-3, rtol=0)
     assert list(final.shape) == case["final_shape"]
     torch.testing.assert_close(final, expected[f"{name}/final_logits"], atol=1e-4, rtol=0)

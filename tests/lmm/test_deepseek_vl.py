@@ -16,7 +16,7 @@ from torchvision.transforms import Resize
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 
 from hg_lmm.lmm.deepseek_vl import MultiModalityCausalLM, MultiModalityConfig, register
-from hg_lmm.lmm.processors import (
+from hg_lmm.lmm.deepseek_vl.processing import (
     DEEPSEEK_VL_IMAGE_TAG,
     DeepseekVLImageProcessor,
     deepseek_vl_chat_prompt,

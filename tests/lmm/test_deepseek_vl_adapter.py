@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from hg_lmm.lmm.deepseek_vl import DeepseekVLAdapter, build_deepseek_vl_adapter
-from hg_lmm.lmm.processors import (
+from hg_lmm.lmm.deepseek_vl.processing import (
     DEEPSEEK_VL_IMAGE_TAG,
     DEEPSEEK_VL_STOP,
     deepseek_vl_chat_prompt,
@@ -297,7 +297,7 @@ def test_hg_head_runs_on_the_features(built):
     feats = adapter.extract(s)
     head = HGHead(dims=adapter.dims).eval()
     with torch.no_grad():
-        logits = head(feats)
+        logits = head(feats)["logits"]
     shape = s["meta"]["image_shape"]
     n = int(feats.mask_ids.max()) + 1
     assert logits.shape == (n, shape["height"], shape["width"])

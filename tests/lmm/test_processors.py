@@ -12,18 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from hg_lmm.lmm.processors import (
-    CLIP_MEAN,
-    CLIP_STD,
+from hg_lmm.lmm.deepseek_vl.processing import (
     DEEPSEEK_VL_IMAGE_TAG,
     DEEPSEEK_VL_SYSTEM_PROMPT,
     DeepseekVLImageProcessor,
-    LlavaImageProcessor,
     deepseek_vl_chat_prompt,
     encode_deepseek_vl_prompt,
-    expand_image_tokens,
-    pad_to_square,
 )
+from hg_lmm.lmm.llava.processing import LlavaImageProcessor
+from hg_lmm.lmm.processors import CLIP_MEAN, CLIP_STD, expand_image_tokens, pad_to_square
 
 HERE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "processors")
 

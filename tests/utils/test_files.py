@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -16,6 +17,7 @@ from hg_lmm.utils.files import (
     require_writable_dir,
     sha256_file,
     write_bytes_atomic,
+    write_json_atomic,
 )
 
 
@@ -26,6 +28,18 @@ def test_atomic_write_replaces_whole_file_with_plain_permissions(tmp_path):
     assert path.read_bytes() == b"second"
     assert path.stat().st_mode & 0o777 == default_file_mode()
     assert os.listdir(path.parent) == ["out.json"]
+
+
+def test_atomic_json_writer_keeps_the_old_file_on_failure(tmp_path) -> None:
+    path = tmp_path / "sub" / "pred.json"
+    write_json_atomic(path, {"a": 1})
+    write_json_atomic(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2}
+    # A failing dump leaves the previous file intact and no temporary file behind.
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert os.listdir(path.parent) == ["pred.json"]
 
 
 def test_files_get_the_umask_permissions_not_0600(tmp_path):

@@ -1,6 +1,8 @@
 # Training data of every released config: PNG (COCO train2017 narratives) and the train splits of
 # RefCOCO (unc), RefCOCO+ (unc) and RefCOCOg (umd), concatenated; one sample per image/narrative.
-# Paths are relative to the repo root (layout: data/README.md).
+# `data_root` is relative to the repo root; the files below it are placed by
+# hg_lmm/datasets/layout.py (data/README.md). A file passed explicitly (e.g. ann_file=...)
+# replaces the layout's.
 #
 # The LMM decides how captions are tokenised, so each leaf adds its `tokenize` transform (from a
 # configs/_base_/models/ piece) to every data set:
@@ -8,45 +10,16 @@
 from mmengine.dataset import DefaultSampler
 
 from hg_lmm.datasets.collate import concat_datasets, list_collate
-from hg_lmm.datasets.png import PNGDataset
-from hg_lmm.datasets.refcoco import RefCocoDataset
+from hg_lmm.datasets.layout import png_dataset, refcoco_dataset
 
 data_root = "data/"
-coco_root = data_root + "coco/"
 batch_size = 1  # per GPU
 dataloader_num_workers = 4
 
-png_train = dict(
-    type=PNGDataset,
-    json_file=coco_root + "annotations/png_coco_train2017.json",
-    panoptic_json_file=coco_root + "annotations/panoptic_train2017.json",
-    panoptic_png_dir=coco_root + "annotations/panoptic_train2017/",
-    image_dir=coco_root + "train2017/",
-)
-refcoco_train = dict(
-    type=RefCocoDataset,
-    data_root=coco_root,
-    ann_file="refcoco/instances.json",
-    split_file="refcoco/refs(unc).p",
-    image_dir="train2014/",
-    split="train",
-)
-refcoco_plus_train = dict(
-    type=RefCocoDataset,
-    data_root=coco_root,
-    ann_file="refcoco+/instances.json",
-    split_file="refcoco+/refs(unc).p",
-    image_dir="train2014/",
-    split="train",
-)
-refcocog_train = dict(
-    type=RefCocoDataset,
-    data_root=coco_root,
-    ann_file="refcocog/instances.json",
-    split_file="refcocog/refs(umd).p",
-    image_dir="train2014/",
-    split="train",
-)
+png_train = dict(type=png_dataset, data_root=data_root, split="train2017")
+refcoco_train = dict(type=refcoco_dataset, data_root=data_root, name="refcoco", split="train")
+refcoco_plus_train = dict(type=refcoco_dataset, data_root=data_root, name="refcoco+", split="train")
+refcocog_train = dict(type=refcoco_dataset, data_root=data_root, name="refcocog", split="train")
 train_datasets = [png_train, refcoco_train, refcoco_plus_train, refcocog_train]
 
 train_dataloader = dict(

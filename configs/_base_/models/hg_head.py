@@ -1,4 +1,4 @@
-# Head family A: the HG head (docs/architecture.md); sizes come from the LMM's dims.
+# The HG head (docs/architecture.md); sizes come from the LMM's dims.
 from hg_lmm.heads.hg import HGHead
 
 head = dict(type=HGHead)

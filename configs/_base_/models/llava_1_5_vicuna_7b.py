@@ -3,15 +3,13 @@
 from transformers import AutoTokenizer
 
 from hg_lmm.datasets.transforms import TokenizePieces
-from hg_lmm.lmm.llava import build_llava_adapter
+from hg_lmm.lmm.llava import TRAIN_PROMPT, build_llava_adapter
 
 model_path = "llava-hf/llava-1.5-7b-hf"
 lmm = dict(type=build_llava_adapter, model_path=model_path, torch_dtype="bfloat16")
 
 # The adapter's TRAIN_PROMPT (the INSTRUCTION of xtuner's vicuna template, one <image> token).
-# Spelled out because config values are plain data; tests/test_released_configs.py checks that
-# it equals hg_lmm.lmm.llava.TRAIN_PROMPT.
-prompt = "USER: <image>\nPlease give me a description of the image. ASSISTANT:"
+prompt = TRAIN_PROMPT
 tokenize = dict(
     type=TokenizePieces,
     tokenizer=dict(type=AutoTokenizer.from_pretrained, pretrained_model_name_or_path=model_path),

@@ -1,4 +1,4 @@
-# Head family B: F-LMM's U-Net mask head + SAM ViT-L refiner (docs/architecture.md).
+# The U-Net+SAM head: F-LMM's U-Net mask head + SAM ViT-L refiner (docs/architecture.md).
 # SAM's frozen image encoder (and its initial prompt encoder / mask decoder) come from the official
 # weights; download them to `sam_checkpoint` (checkpoints/README.md).
 from hg_lmm.heads.unet_sam import SAMRefiner, UNetMaskHead, UNetSAMHead, build_sam

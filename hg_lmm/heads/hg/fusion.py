@@ -6,8 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hg_lmm.heads.hg.sizes import FUSE_CHANNELS, MASK_CHANNELS
-
 
 class ResidualConvUnit(nn.Module):
     """RCU(x) = x + conv(relu(conv(x))), 3x3 convs; keys `conv.0.*` and `conv.2.*`."""
@@ -53,7 +51,7 @@ class FuseMaskHead(nn.Module):
       num_stages: number of stage maps (4).
     """
 
-    def __init__(self, *, channels: int = FUSE_CHANNELS, num_stages: int = 4) -> None:
+    def __init__(self, *, channels: int = 64, num_stages: int = 4) -> None:
         super().__init__()
         self.resconvunit = ResidualConvUnit(channels)  # shared by every skip connection
         self.refine_blocks = nn.ModuleList(RefineBlock(channels) for _ in range(num_stages))
@@ -63,9 +61,9 @@ class FuseMaskHead(nn.Module):
             nn.BatchNorm2d(channels),
             nn.Dropout(p=0.1),
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-            nn.Conv2d(channels, MASK_CHANNELS, kernel_size=3, padding=1),
+            nn.Conv2d(channels, 32, kernel_size=3, padding=1),
             nn.ReLU(),
-            nn.Conv2d(MASK_CHANNELS, 1, kernel_size=1),
+            nn.Conv2d(32, 1, kernel_size=1),
         )
 
     def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:

@@ -6,22 +6,28 @@ through `hg_geometry`; the state-dict names are those of the released checkpoint
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from hg_lmm.heads.base import FINAL, MaskHead
 from hg_lmm.heads.hg.fusion import FuseMaskHead
 from hg_lmm.heads.hg.lcb import LCB
 from hg_lmm.heads.hg.ldsi import LDSI
-from hg_lmm.heads.hg.lifg import LIFG
-from hg_lmm.heads.hg.sizes import NUM_STAGES, NUM_VISION_LAYERS, TEXT_DIM, hg_geometry
-from hg_lmm.heads.pooling import phrase_attention, phrase_pooling, with_attention_prior
+from hg_lmm.heads.hg.lifg import LIFG, NUM_STAGES, NUM_VISION_LAYERS, TEXT_DIM
+from hg_lmm.heads.hg.sizes import hg_geometry
+from hg_lmm.heads.pooling import (
+    layer_weighted,
+    phrase_attention,
+    phrase_pooling,
+    with_attention_prior,
+)
 from hg_lmm.lmm.base import LMMDims, LMMFeatures, check_features
 from hg_lmm.utils.masks import unpad_to_image
 
 
-class HGHead(nn.Module):
+class HGHead(MaskHead):
     """Phrase masks from one sample's attention maps, hidden states, vision features and pixels.
 
     Arguments:
@@ -32,7 +38,8 @@ class HGHead(nn.Module):
     `lcb`, `ldsi`, `fuse_maskhead`.
 
     Entry points:
-      forward(features) -> [n, h, w] logits on the (resized) image region of `features.meta`.
+      forward(features, image=None) -> {"logits": [n, h, w] logits on the (resized) image
+        region of `features.meta`} (the image is not read).
       mask_logits(features) -> [n, 1, s, s] low-res logits over the whole padded square
         (s = geometry.output_size); `forward` is `unpad_to_image(mask_logits(...)[:, 0], meta)`.
       phrase_embeddings(hidden, mask_ids) -> [n, 256] e_k, for wrappers that need them.
@@ -78,8 +85,7 @@ class HGHead(nn.Module):
             )
         if pooling is None:
             pooling = phrase_pooling(mask_ids, dtype=self._dtype())
-        weights = torch.softmax(self.text_layer_weights, dim=0)
-        hbar = (hidden.to(self._dtype()) * weights[:, None, None]).sum(dim=0)  # [T, D]
+        hbar = layer_weighted(hidden.to(self._dtype()), self.text_layer_weights)  # [T, D]
         return pooling.to(hbar.dtype) @ self.text_proj(hbar)
 
     def mask_logits(self, features: LMMFeatures) -> torch.Tensor:
@@ -107,10 +113,14 @@ class HGHead(nn.Module):
         same logits on either. `GroundingModel` calls it before the recomputed part of a step."""
         return with_attention_prior(features, self._dtype())
 
-    def forward(self, features: LMMFeatures) -> torch.Tensor:
-        """Phrase logits on the image: [n, h, w], (h, w) = features.meta image_shape.
+    def prepare_image(self, image: Any) -> None:
+        """The HG head does not read the image (nothing to keep per sample)."""
+        return None
+
+    def forward(self, features: LMMFeatures, image: Any = None) -> dict[str, torch.Tensor]:
+        """{"logits": phrase logits on the image [n, h, w]}, (h, w) = features.meta image_shape.
 
         The low-res logits are resized bilinearly to the padded size and the image region is
-        cropped (hg_lmm.utils.masks.unpad_to_image).
+        cropped (hg_lmm.utils.masks.unpad_to_image). `image` is not read.
         """
-        return unpad_to_image(self.mask_logits(features)[:, 0], features.meta)
+        return {FINAL: unpad_to_image(self.mask_logits(features)[:, 0], features.meta)}

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hg_lmm.heads.hg.sizes import LCB_BASE, STAGE_CHANNELS
-
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
     """Sequential(Conv3x3, BatchNorm2d, ReLU): the `convX` unit whose keys are `convX.{0,1}.*`."""
@@ -28,7 +26,7 @@ class LCB(nn.Module):
       extra_halvings: k, the number of extra stride-2 pairs (see hg_lmm.heads.hg.sizes).
       in_channels: image channels.
       base_channels: width of the conv units.
-      out_channels: width of `proj`.
+      out_channels: width of `proj` (the 128 that `ldsi.spm_adapters` takes).
     """
 
     def __init__(
@@ -36,8 +34,8 @@ class LCB(nn.Module):
         *,
         extra_halvings: int,
         in_channels: int = 3,
-        base_channels: int = LCB_BASE,
-        out_channels: int = STAGE_CHANNELS,
+        base_channels: int = 64,
+        out_channels: int = 128,
     ) -> None:
         super().__init__()
         self.conv1 = conv_bn_relu(in_channels, base_channels, stride=2)

@@ -6,8 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hg_lmm.heads.hg.sizes import FUSE_CHANNELS, STAGE_CHANNELS, STAGE_IN
-
 
 class LDSI(nn.Module):
     """Builds the four stage maps from the phrase features, the attention prior and `lcb`.
@@ -28,32 +26,29 @@ class LDSI(nn.Module):
         strided_last_stage: bool,
     ) -> None:
         super().__init__()
-        if attn_channels[-1] != STAGE_IN:
-            raise ValueError(
-                f"attention prior must end at {STAGE_IN} channels, got {attn_channels}"
-            )
+        # 96: the prior ends at the width of one stage's phrase features (2 x 48 from `lifg`).
+        if attn_channels[-1] != 96:
+            raise ValueError(f"attention prior must end at 96 channels, got {attn_channels}")
         self.stage_sizes = tuple(stage_sizes)
         self._attn_convs = []
         for cin, cout in zip(attn_channels[:-1], attn_channels[1:]):
             name = f"conv{cin}to{cout}"
             self.add_module(name, nn.Conv2d(cin, cout, kernel_size=3, padding=1))
             self._attn_convs.append(name)
-        self.conv96to128 = nn.Conv2d(STAGE_IN, STAGE_CHANNELS, kernel_size=3, padding=1)
+        self.conv96to128 = nn.Conv2d(96, 128, kernel_size=3, padding=1)
         # The attention prior (96) is concatenated before the phrase features (96).
-        self.conv192to128 = nn.Conv2d(2 * STAGE_IN, STAGE_CHANNELS, kernel_size=3, padding=1)
+        self.conv192to128 = nn.Conv2d(192, 128, kernel_size=3, padding=1)
+        # Stage maps leave at the fusion's width, 64.
         projs = {}
         for i in range(len(stage_sizes)):
-            layers = [nn.Conv2d(STAGE_CHANNELS, FUSE_CHANNELS, kernel_size=1)]
+            layers = [nn.Conv2d(128, 64, kernel_size=1)]
             if strided_last_stage and i == len(stage_sizes) - 1:
-                layers.append(
-                    nn.Conv2d(FUSE_CHANNELS, FUSE_CHANNELS, kernel_size=3, stride=2, padding=1)
-                )
+                layers.append(nn.Conv2d(64, 64, kernel_size=3, stride=2, padding=1))
             projs[f"stage{i + 1}"] = nn.Sequential(*layers)
         self.reassemble_projs = nn.ModuleDict(projs)
+        # `lcb`'s 128 channels join the finest stage.
         self.spm_adapters = nn.Sequential(
-            nn.Conv2d(STAGE_CHANNELS, FUSE_CHANNELS, kernel_size=1),
-            nn.BatchNorm2d(FUSE_CHANNELS),
-            nn.ReLU(),
+            nn.Conv2d(128, 64, kernel_size=1), nn.BatchNorm2d(64), nn.ReLU()
         )
 
     def forward(

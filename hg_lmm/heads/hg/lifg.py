@@ -6,7 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hg_lmm.heads.hg.sizes import DYN_IN, DYN_OUT, LIFG_MID, NUM_STAGES, TEXT_DIM
+# The vision features come as 8 layers, read in consecutive pairs: one pair per stage.
+NUM_STAGES = 4
+NUM_VISION_LAYERS = 2 * NUM_STAGES
+# Width of the phrase embeddings e_k: `text_proj`'s output and the dynamic conv's input.
+TEXT_DIM = 256
 
 
 class DynamicConv(nn.Module):
@@ -14,12 +18,12 @@ class DynamicConv(nn.Module):
 
     Arguments:
       text_dim: width of the phrase embeddings e_k.
-      in_channels: channels of the image features it filters.
+      in_channels: channels of the image features it filters (`lifg.conv3`'s 256).
       out_channels: channels it produces (48 in every released head; names `ln48`).
     """
 
     def __init__(
-        self, *, text_dim: int = TEXT_DIM, in_channels: int = DYN_IN, out_channels: int = DYN_OUT
+        self, *, text_dim: int = TEXT_DIM, in_channels: int = 256, out_channels: int = 48
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -27,7 +31,7 @@ class DynamicConv(nn.Module):
         # theta_k = [W1 (out x in), W2 (out x out), b1 (out), b2 (out)], in this order.
         num_params = in_channels * out_channels + out_channels * out_channels + 2 * out_channels
         self.controller = nn.Sequential(
-            nn.Linear(text_dim, DYN_IN), nn.ReLU(), nn.Linear(DYN_IN, num_params)
+            nn.Linear(text_dim, 256), nn.ReLU(), nn.Linear(256, num_params)
         )
         self.add_module(f"ln{out_channels}", nn.LayerNorm(out_channels))
 
@@ -62,8 +66,8 @@ class LIFG(nn.Module):
         self.grid = grid
         self.dynamic_conv = DynamicConv()
         self.conv1 = nn.Conv2d(vision_channels, width, kernel_size=1)
-        self.conv2 = nn.Conv2d(width, LIFG_MID, kernel_size=3, padding=1)
-        self.conv3 = nn.Conv2d(LIFG_MID, DYN_IN, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(width, 192, kernel_size=3, padding=1)
+        self.conv3 = nn.Conv2d(192, self.dynamic_conv.in_channels, kernel_size=3, padding=1)
         self.add_module(f"ln{vision_channels}", nn.LayerNorm(vision_channels))
 
     @property
@@ -71,7 +75,7 @@ class LIFG(nn.Module):
         return getattr(self, f"ln{self.vision_channels}")
 
     def forward(self, vision: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """vision: [8, N, C] (N = g*g); text: [n, 256] -> F [4, n, 96, g, g].
+        """vision: [8, N, C] (N = g*g); text: [n, 256] -> F [4, n, 96, g, g] (96 = 2 x 48).
 
         Consecutive vision layers (0,1), (2,3), ... form one stage; the first of each pair takes
         the first 48 channels.

@@ -36,23 +36,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from hg_lmm.heads.hg.lifg import NUM_STAGES
 from hg_lmm.lmm.base import LMMDims
 
-# Architecture constants of the HG head (independent of the LMM): widths of the text embedding,
-# the dynamic conv, the stage features and the fusion.
-TEXT_DIM = 256
-LIFG_MID = 192
-DYN_IN = 256
-DYN_OUT = 48
-NUM_STAGES = 4
-NUM_VISION_LAYERS = 2 * NUM_STAGES  # vision layers are consumed in pairs, one pair per stage
-STAGE_IN = 2 * DYN_OUT  # 96: one pair of dynamic-conv outputs, and the reduced attention prior
-STAGE_CHANNELS = 128
-FUSE_CHANNELS = 64
-MASK_CHANNELS = 32
-LCB_BASE = 64
-ATTN_MID = 384
-LIFG_REDUCTION = 16
+# The fixed widths of the head (256, 192, 96, 64...) sit in the modules that build them, where the
+# checkpoint keys pin them; this module holds only the sizes that follow from the LMM.
 
 
 def _halve(side: int) -> int:
@@ -109,18 +97,19 @@ def hg_geometry(dims: LMMDims) -> HGGeometry:
     for name in ("num_layers", "num_heads", "hidden_size", "grid", "vision_channels", "image_size"):
         if getattr(dims, name) < 1:
             raise ValueError(f"LMMDims.{name} must be positive, got {getattr(dims, name)}")
-    if dims.vision_channels < LIFG_REDUCTION:
+    if dims.vision_channels < 16:
         raise ValueError(
             f"LMMDims.vision_channels={dims.vision_channels} is too small for the HG head: "
-            f"lifg.conv1 has C // {LIFG_REDUCTION} channels; use C >= {LIFG_REDUCTION}"
+            "lifg.conv1 has C // 16 channels; use C >= 16"
         )
     lh = dims.attn_channels
-    attn = (lh, ATTN_MID, STAGE_IN) if lh > ATTN_MID else (lh, STAGE_IN)
+    # Rule 5: down to ldsi's 96 prior channels, through 384 when L*H is larger (`conv960to384`).
+    attn = (lh, 384, 96) if lh > 384 else (lh, 96)
     k = choose_lcb_halvings(dims.image_size, dims.grid)
     s1 = lcb_output_size(dims.image_size, k)
     sizes = tuple(max(1, s1 // 2**i) for i in range(NUM_STAGES))
     return HGGeometry(
-        lifg_width=dims.vision_channels // LIFG_REDUCTION,
+        lifg_width=dims.vision_channels // 16,
         attn_channels=attn,
         lcb_extra_halvings=k,
         stage_sizes=sizes,

@@ -1,6 +1,6 @@
-"""Head family B: F-LMM's U-Net mask head with a SAM refiner (docs/architecture.md)."""
+"""The U-Net+SAM head: F-LMM's U-Net mask head with a SAM refiner (docs/architecture.md)."""
 
-from hg_lmm.heads.unet_sam.head import UNetSAMHead, UNetSAMOutput
+from hg_lmm.heads.unet_sam.head import UNetSAMHead
 from hg_lmm.heads.unet_sam.sam_refiner import (
     SAMImage,
     SAMRefiner,
@@ -15,7 +15,6 @@ __all__ = [
     "SAMRefiner",
     "UNetMaskHead",
     "UNetSAMHead",
-    "UNetSAMOutput",
     "build_sam",
     "mask_boxes",
     "prepare_sam_image",

@@ -1,4 +1,4 @@
-"""Head family B: F-LMM's U-Net coarse head plus the SAM refiner (docs/architecture.md).
+"""The U-Net+SAM head: F-LMM's U-Net coarse head plus the SAM refiner (docs/architecture.md).
 
 extract (the LMM adapter) -> `UNetSAMHead` -> (coarse logits cropped to the image on the U-Net's
 64-grid, SAM logits on the original image). Every size comes from `LMMDims` (U-Net input = L*H,
@@ -10,39 +10,27 @@ released F-LMM checkpoints: `mask_head.*`, `sam.model.prompt_encoder.*`,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from hg_lmm.heads.pooling import phrase_attention, phrase_pooling, with_attention_prior
-from hg_lmm.heads.unet_sam.sam_refiner import ImageLike, SAMImage, SAMRefiner
+from hg_lmm.heads.base import FINAL, MaskHead
+from hg_lmm.heads.pooling import (
+    layer_weighted,
+    phrase_attention,
+    phrase_pooling,
+    with_attention_prior,
+)
+from hg_lmm.heads.unet_sam.sam_refiner import SAMImage, SAMRefiner
 from hg_lmm.heads.unet_sam.unet import UNetMaskHead
 from hg_lmm.lmm.base import LMMDims, LMMFeatures, check_features
 from hg_lmm.utils.build import build
+from hg_lmm.utils.images import ImageLike
 from hg_lmm.utils.masks import crop_to_image_grid
 
 
-@dataclass
-class UNetSAMOutput:
-    """Family-B predictions for the n phrases of one sample.
-
-    Fields:
-      coarse_logits: [n, h, w] U-Net logits cropped to the image at the U-Net's resolution
-        (F-LMM's grid crop, `hg_lmm.utils.masks.crop_to_image_grid`; e.g. 42x64 for a 500x333
-        image): SAM's mask and box prompts are built from it and the coarse loss compares it
-        with the ground truth resized (nearest) to the same size.
-      refined_logits: [n, H, W] SAM logits at the original image size.
-      mask_logits: [n, 1, s, s] raw U-Net logits over the whole padded square (s = 64).
-    """
-
-    coarse_logits: torch.Tensor
-    refined_logits: torch.Tensor
-    mask_logits: torch.Tensor
-
-
-class UNetSAMHead(nn.Module):
+class UNetSAMHead(MaskHead):
     """F-LMM's head: attention maps -> U-Net coarse masks -> SAM refined masks.
 
     Arguments:
@@ -54,14 +42,19 @@ class UNetSAMHead(nn.Module):
         in_channels filled from `dims`); None builds F-LMM's default `UNetMaskHead`.
 
     Entry points:
-      forward(features, image) -> UNetSAMOutput.
+      forward(features, image) -> {"logits": SAM's [n, H, W] at the original image size,
+        "coarse_logits": [n, h, w] U-Net logits cropped to the image at the U-Net's resolution
+        (F-LMM's grid crop, `hg_lmm.utils.masks.crop_to_image_grid`; e.g. 42x64 for a 500x333
+        image: SAM's mask and box prompts are built from it, and the coarse loss compares it with
+        the ground truth resized (nearest) to the same size), "unet_logits": [n, 1, s, s] raw
+        U-Net logits over the whole padded square (s = 64)}.
       mask_logits(features) -> [n, 1, s, s] coarse logits over the padded square.
       phrase_token_embeddings(hidden, mask_ids) -> n tensors [k_i, E], every matched token kept.
     Checkpoints (hg_lmm.utils.checkpoint) hold everything but the frozen SAM image encoder.
     """
 
-    # The model passes the original image to forward (SAM refines on it).
-    needs_image: ClassVar[bool] = True
+    # The coarse map is trained as the HG head's map ("loss_mask"...), SAM's as "sam_loss_mask"...
+    loss_prefixes: ClassVar[dict[str, str]] = {"coarse_logits": "", FINAL: "sam_"}
     # Released F-LMM files can hold the frozen SAM image encoder: a parent `state_dict()` does not
     # go through the reference SAM wrapper's filter. It is loaded from the official SAM weights
     # instead, so those tensors are dropped (and counted in the log) when loading.
@@ -113,8 +106,7 @@ class UNetSAMHead(nn.Module):
         the HG head, the tokens are not averaged.
         """
         n = phrase_pooling(mask_ids).shape[0]  # validates mask_ids (every phrase has a token)
-        weights = torch.softmax(self.text_layer_weights, dim=0)
-        hbar = (hidden.to(self._dtype()) * weights[:, None, None]).sum(dim=0)  # [T, D]
+        hbar = layer_weighted(hidden.to(self._dtype()), self.text_layer_weights)  # [T, D]
         keep = mask_ids >= 0
         embeds = self.text_proj(hbar[keep])
         ids = mask_ids[keep]
@@ -136,18 +128,20 @@ class UNetSAMHead(nn.Module):
         gives the same logits on either. `GroundingModel` calls it before the recomputed part."""
         return with_attention_prior(features, torch.float32)
 
-    def prepare_image(self, image: ImageLike | SAMImage) -> SAMImage:
+    def prepare_image(self, image: ImageLike | SAMImage | None) -> SAMImage:
         """The frozen, per-image part of `forward`: the image resized and encoded by SAM's
         image encoder. `GroundingModel` calls it once per sample, outside the recomputed head."""
-        return self.sam.embed_image(image)
+        return self.sam.embed_image(_required_image(image))
 
-    def forward(self, features: LMMFeatures, image: ImageLike | SAMImage) -> UNetSAMOutput:
+    def forward(
+        self, features: LMMFeatures, image: ImageLike | SAMImage | None = None
+    ) -> dict[str, torch.Tensor]:
         """Coarse and refined logits for every phrase of one sample.
 
         features: the sample's `LMMFeatures` (meta places the image inside the padded square).
         image: the original image (PIL, uint8 [H, W, 3] array or uint8 [3, H, W] tensor) or its
           `SAMImage` from `self.sam.prepare_image` (e.g. made in a data-loader worker).
-        Returns `UNetSAMOutput` (coarse [n, h, w] on the U-Net grid, refined [n, H, W]).
+        Returns {"logits", "coarse_logits", "unet_logits"} (see the class docstring).
         """
         mask_logits = self.mask_logits(features)
         # F-LMM's crop, not a resize to the padded square followed by an exact pixel crop: the
@@ -156,5 +150,14 @@ class UNetSAMHead(nn.Module):
         # prompt and box, and so the final masks.
         coarse = crop_to_image_grid(mask_logits[:, 0], features.meta)
         text_embeds = self.phrase_token_embeddings(features.hidden, features.mask_ids)
-        refined = self.sam(image, coarse, text_embeds)
-        return UNetSAMOutput(coarse_logits=coarse, refined_logits=refined, mask_logits=mask_logits)
+        refined = self.sam(_required_image(image), coarse, text_embeds)
+        return {FINAL: refined, "coarse_logits": coarse, "unet_logits": mask_logits}
+
+
+def _required_image(image: Any) -> Any:
+    if image is None:
+        raise ValueError(
+            "the U-Net+SAM head refines on the original image, and none was given: pass the "
+            "sample's `image` (PIL) or, to GroundingModel.ground, image=<the PIL image>"
+        )
+    return image

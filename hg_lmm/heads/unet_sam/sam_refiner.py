@@ -13,18 +13,18 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
 from hg_lmm.utils.build import build
+from hg_lmm.utils.images import ImageLike, rgb_array
 
 SAM_CHECKPOINT_URLS = {
     "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
@@ -79,36 +79,15 @@ class SAMImage:
         return int(self.pixels.shape[-2]), int(self.pixels.shape[-1])
 
 
-ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
-
-
 def prepare_sam_image(image: ImageLike, target_length: int) -> SAMImage:
     """Resize an original image so its long side is `target_length`, as SAM's predictor does.
 
-    image: a PIL image (any mode; converted to RGB), a uint8 array [H, W, 3] or a uint8 tensor
-      [3, H, W], RGB.
+    image: an `ImageLike` (`hg_lmm.utils.images.rgb_array` reads it).
     Returns a `SAMImage` ([3, h, w] float32 pixels, original (H, W)). The resize is
     segment_anything's `ResizeLongestSide.apply_image` (PIL bilinear), the transform SAM was
     trained with; safe to call in data-loader workers.
     """
-    if isinstance(image, Image.Image):
-        array = np.asarray(image.convert("RGB"))
-    elif isinstance(image, np.ndarray):
-        array = image
-    elif isinstance(image, torch.Tensor):
-        if image.dim() != 3 or image.shape[0] != 3:
-            raise ValueError(f"a tensor image must be [3, H, W] RGB, got {tuple(image.shape)}")
-        array = image.permute(1, 2, 0).cpu().numpy()
-    else:
-        raise TypeError(
-            f"image must be a PIL image, a uint8 [H, W, 3] array or a uint8 [3, H, W] tensor, "
-            f"got {type(image).__name__}"
-        )
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(
-            f"image must be uint8 RGB [H, W, 3], got dtype {array.dtype} shape {array.shape}; "
-            "convert it (e.g. PIL.Image.convert('RGB')) before calling"
-        )
+    array = rgb_array(image)
     resized = ResizeLongestSide(target_length).apply_image(np.ascontiguousarray(array))
     pixels = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float()
     return SAMImage(pixels=pixels, original_size=(int(array.shape[0]), int(array.shape[1])))

@@ -19,25 +19,20 @@ from PIL import Image
 
 from hg_lmm.lmm.adapter import EmbeddedInputs, FrozenLMMAdapter
 from hg_lmm.lmm.base import LMMDims
-from hg_lmm.lmm.processors import (
+from hg_lmm.lmm.deepseek_vl.processing import (
     DEEPSEEK_VL_IMAGE_TAG,
     DEEPSEEK_VL_STOP,
     DeepseekVLImageProcessor,
     deepseek_vl_chat_prompt,
+    deepseek_vl_train_prompt,
 )
 
 logger = logging.getLogger(__name__)
 
-TRAIN_INSTRUCTION = "Please give me a description of the image.\n\nAssistant:"
 # What the released 1.3B processor normalises with (SigLIP's 0.5); used only when a model folder
 # has no preprocessor_config.json and its tower does not normalise by itself.
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
-
-
-def deepseek_vl_train_prompt(num_image_tokens: int) -> str:
-    """The training prompt: 'User: ', the image's expanded tags, then the description request."""
-    return f"User: {DEEPSEEK_VL_IMAGE_TAG * num_image_tokens}{TRAIN_INSTRUCTION}"
 
 
 class DeepseekVLAdapter(FrozenLMMAdapter):

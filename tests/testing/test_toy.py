@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from hg_lmm.datasets.io import rgb_to_id
-from hg_lmm.datasets.toy import ToyConfig, make_toy_data, toy_paths
+from hg_lmm.testing.toy import ToyConfig, make_toy_data, toy_paths
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -16,13 +16,15 @@ from PIL import Image
 
 from hg_lmm.lmm.adapter import EmbeddedInputs, FrozenLMMAdapter
 from hg_lmm.lmm.base import LMMDims
-from hg_lmm.lmm.processors import CLIP_MEAN, CLIP_STD, LlavaImageProcessor
+from hg_lmm.lmm.llava.processing import (
+    CHAT_TEMPLATE,
+    IMAGE_TOKEN,
+    TRAIN_PROMPT,
+    LlavaImageProcessor,
+)
+from hg_lmm.lmm.processors import CLIP_MEAN, CLIP_STD
 
 DEFAULT_VISION_LAYERS = (3, 6, 9, 12, 15, 18, 20, 23)
-# Only the INSTRUCTION part of xtuner's vicuna template, without SYSTEM (as the reference trains).
-TRAIN_PROMPT = "USER: <image>\nPlease give me a description of the image. ASSISTANT:"
-CHAT_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
-IMAGE_TOKEN = "<image>"
 
 
 class LlavaAdapter(FrozenLMMAdapter):

@@ -1,28 +1,21 @@
-"""Binary masks <-> COCO run-length encoding, and an atomic JSON writer for prediction files.
+"""Binary masks <-> COCO run-length encoding.
 
-Predictions (GCG masks, per-rank records) are saved as compressed COCO RLE so that they are small
-and load straight into pycocotools. The `counts` field is kept as `str` (pycocotools returns
-`bytes`) so that the records survive `json.dump` unchanged.
+Predictions (GCG masks, chat answers) are saved as compressed COCO RLE so that they are small and
+load straight into pycocotools; the datasets decode RLE segmentations with it. The `counts` field
+is kept as `str` (pycocotools returns `bytes`) so that the records survive `json.dump` unchanged.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from hg_lmm.utils.arrays import as_numpy
+
 RLE = dict[str, Any]
-
-
-def _as_numpy(mask: Any) -> np.ndarray:
-    """Return a numpy view of a numpy array or torch tensor (moved to CPU)."""
-    if hasattr(mask, "detach"):  # a torch tensor; no torch import needed here
-        mask = mask.detach().cpu().numpy()
-    return np.asarray(mask)
 
 
 def mask_to_rle(mask: Any) -> RLE:
@@ -34,7 +27,7 @@ def mask_to_rle(mask: Any) -> RLE:
     Returns:
       `{"size": [H, W], "counts": str}`.
     """
-    array = _as_numpy(mask)
+    array = as_numpy(mask)
     if array.ndim != 2:
         raise ValueError(f"mask_to_rle expects one [H, W] mask, got shape {tuple(array.shape)}")
     # pycocotools reads column-major uint8 data; a C-ordered array would be encoded transposed.
@@ -51,7 +44,7 @@ def masks_to_rles(masks: Any) -> list[RLE]:
     Returns:
       N JSON-safe RLE dicts, in order.
     """
-    array = _as_numpy(masks)
+    array = as_numpy(masks)
     if array.ndim != 3:
         raise ValueError(f"masks_to_rles expects [N, H, W] masks, got shape {tuple(array.shape)}")
     return [mask_to_rle(m) for m in array]
@@ -89,16 +82,6 @@ def rle_bbox(rle: Mapping[str, Any]) -> list[float]:
     return [float(v) for v in mask_utils.toBbox(_to_pycocotools(rle))]
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int | None = None) -> None:
-    """Write `obj` as JSON so that readers see either the old file or the complete new one
-    (`hg_lmm.utils.files.atomic_open`). An interrupted evaluation therefore never leaves a
-    truncated prediction file behind; the file is created 0644 (under the usual umask)."""
-    from hg_lmm.utils.files import atomic_open
-
-    with atomic_open(path, "w") as handle:
-        json.dump(obj, handle, indent=indent)
-
-
 __all__ = [
     "RLE",
     "mask_to_rle",
@@ -106,5 +89,4 @@ __all__ = [
     "rle_area",
     "rle_bbox",
     "rle_to_mask",
-    "write_json_atomic",
 ]

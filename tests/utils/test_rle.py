@@ -1,21 +1,19 @@
-"""COCO RLE round trips and the atomic JSON writer."""
+"""COCO RLE round trips."""
 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from hg_lmm.evaluation.rle import (
+from hg_lmm.utils.rle import (
     mask_to_rle,
     masks_to_rles,
     rle_area,
     rle_bbox,
     rle_to_mask,
-    write_json_atomic,
 )
 
 
@@ -54,15 +52,3 @@ def test_stack_and_uncompressed_counts() -> None:
         mask_to_rle(masks)
     with pytest.raises(ValueError, match="size"):
         rle_to_mask({"counts": "abc"})
-
-
-def test_atomic_writer(tmp_path) -> None:
-    path = tmp_path / "sub" / "pred.json"
-    write_json_atomic(path, {"a": 1})
-    write_json_atomic(path, {"a": 2})
-    assert json.loads(path.read_text()) == {"a": 2}
-    # A failing dump leaves the previous file intact and no temporary file behind.
-    with pytest.raises(TypeError):
-        write_json_atomic(path, {"a": object()})
-    assert json.loads(path.read_text()) == {"a": 2}
-    assert os.listdir(path.parent) == ["pred.json"]
