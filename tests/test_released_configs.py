@@ -164,6 +164,7 @@ def test_recipe(leaf):
     from hg_lmm.lmm.deepseek_vl.adapter import build_deepseek_vl_adapter
     from hg_lmm.lmm.llava import build_llava_adapter
     from hg_lmm.model import GroundingModel
+    from hg_lmm.utils.build import build
     from hg_lmm.utils.loops import EpochsAsItersTrainLoop
 
     cfg = load_leaf(leaf)
@@ -215,7 +216,22 @@ def test_recipe(leaf):
     for d in dl.dataset.datasets:
         assert d.transform.type is TokenizePieces
         assert d.transform.tokenizer.pretrained_model_name_or_path == leaf.model_path
-        assert d.transform.prompt == prompt
+        assert build(d.transform.prompt) == prompt
+
+
+@pytest.mark.parametrize("leaf", LEAVES, ids=LEAF_IDS)
+def test_dumped_config_keeps_the_prompt(leaf, tmp_path):
+    """The copy mmengine dumps into the work dir builds the same prompt when loaded again (an
+    imported string constant would come back as its dotted name)."""
+    from mmengine.config import Config
+
+    from hg_lmm.utils.build import build
+
+    dumped = tmp_path / "dumped.py"
+    load_leaf(leaf).dump(str(dumped))
+    reloaded = Config.fromfile(str(dumped))
+    for d in reloaded.train_dataloader.dataset.datasets:
+        assert build(d.transform.prompt) == expected_prompt(leaf)
 
 
 def test_deepseek_prompt_holds_one_image_of_576_tags():

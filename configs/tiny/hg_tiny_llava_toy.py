@@ -8,7 +8,7 @@ from hg_lmm.datasets.collate import concat_datasets, list_collate
 from hg_lmm.datasets.layout import png_dataset, refcoco_dataset
 from hg_lmm.datasets.transforms import TokenizePieces
 from hg_lmm.heads.hg import HGHead
-from hg_lmm.lmm.llava import TRAIN_PROMPT
+from hg_lmm.lmm.llava import llava_train_prompt
 from hg_lmm.model import GroundingModel
 from hg_lmm.testing.tiny_models import tiny_llava_adapter, tiny_llava_tokenizer
 
@@ -31,7 +31,7 @@ model = dict(
 tokenize = dict(
     type=TokenizePieces,
     tokenizer=dict(type=tiny_llava_tokenizer, cache_dir=tiny_lmm_dir),
-    prompt=TRAIN_PROMPT,
+    prompt=dict(type=llava_train_prompt),
 )
 png_train = dict(type=png_dataset, data_root=data_root, split="train2017", transform=tokenize)
 refcoco_train = dict(

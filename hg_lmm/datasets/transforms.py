@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -92,7 +92,10 @@ class TokenizePieces:
 
     Arguments:
       tokenizer: the LMM's tokenizer.
-      prompt: the LMM's training prompt (see the module docstring); encoded once, here.
+      prompt: the LMM's training prompt (see the module docstring), or a config dict that builds
+        it (`dict(type=deepseek_vl_train_prompt, num_image_tokens=576)`, what the configs hold:
+        mmengine dumps an imported string constant as its dotted name, which a reloaded config
+        would then read as the prompt); encoded once, here.
       drop_ungroundable: the training policy for phrases that cannot be learnt from. A phrase
         whose ground-truth mask is empty (nothing to segment: a degenerate polygon) or whose text
         encodes to no token (nothing to ground it on) is dropped: its text stays in the caption as
@@ -103,9 +106,17 @@ class TokenizePieces:
         an empty phrase raises `EmptyPieceError`.
     """
 
-    def __init__(self, *, tokenizer: Any, prompt: str, drop_ungroundable: bool = True) -> None:
+    def __init__(
+        self, *, tokenizer: Any, prompt: str | Mapping[str, Any], drop_ungroundable: bool = True
+    ) -> None:
         # A config dict (xtuner style, e.g. dict(type=AutoTokenizer.from_pretrained, ...)) too.
         tokenizer = build(tokenizer)
+        prompt = build(prompt)
+        if not isinstance(prompt, str):
+            raise TypeError(
+                "TokenizePieces needs the prompt as a string (or a config dict that builds one), "
+                f"got {type(prompt).__name__}; e.g. prompt=dict(type=llava_train_prompt)"
+            )
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.prompt_ids = tokenizer.encode(prompt, add_special_tokens=True)

@@ -169,3 +169,20 @@ def test_a_sample_without_any_groundable_phrase_is_an_error(kind_tok):
     assert keep_all(empty).num_masks == 1
     with pytest.raises(EmptyPieceError):
         keep_all(_sample_with_bad_phrases())
+
+
+def test_prompt_may_be_a_config_dict_of_the_lmms_builder(kind_tok):
+    """What the released configs hold: a dict that builds the LMM's training prompt."""
+    from hg_lmm.lmm.deepseek_vl.processing import deepseek_vl_train_prompt
+    from hg_lmm.lmm.llava import llava_train_prompt
+
+    kind, tok = kind_tok
+    cfg = {
+        "llava": dict(type=llava_train_prompt),
+        "deepseek_vl": dict(type=deepseek_vl_train_prompt, num_image_tokens=576),
+    }[kind]
+    built = TokenizePieces(tokenizer=tok, prompt=cfg)
+    assert built.prompt == PROMPTS[kind]
+    assert built.prompt_ids == TokenizePieces(tokenizer=tok, prompt=PROMPTS[kind]).prompt_ids
+    with pytest.raises(TypeError, match="prompt as a string"):
+        TokenizePieces(tokenizer=tok, prompt=576)

@@ -1,7 +1,7 @@
 """DeepSeek-VL's image processor and prompts (docs/architecture.md, "Preprocessing and prompts").
 
-`DEEPSEEK_VL_TRAIN_PROMPT` is the training prompt of both released sizes (a 24x24 grid: 576
-expanded image tags); configs import it.
+`deepseek_vl_train_prompt(576)` is the training prompt of both released sizes (a 24x24 grid:
+576 expanded image tags); configs build it (`dict(type=deepseek_vl_train_prompt, ...)`).
 """
 
 from __future__ import annotations
@@ -151,7 +151,3 @@ TRAIN_INSTRUCTION = "Please give me a description of the image.\n\nAssistant:"
 def deepseek_vl_train_prompt(num_image_tokens: int) -> str:
     """The training prompt: 'User: ', the image's expanded tags, then the description request."""
     return f"User: {DEEPSEEK_VL_IMAGE_TAG * num_image_tokens}{TRAIN_INSTRUCTION}"
-
-
-# The released models' grid (24x24 = 576 image tokens, 1.3B and 7B).
-DEEPSEEK_VL_TRAIN_PROMPT = deepseek_vl_train_prompt(576)

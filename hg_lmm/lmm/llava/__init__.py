@@ -9,6 +9,7 @@ from hg_lmm.lmm.llava.processing import (
     IMAGE_TOKEN,
     TRAIN_PROMPT,
     LlavaImageProcessor,
+    llava_train_prompt,
 )
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "LlavaAdapter",
     "LlavaImageProcessor",
     "build_llava_adapter",
+    "llava_train_prompt",
 ]

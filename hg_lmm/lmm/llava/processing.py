@@ -14,6 +14,11 @@ CHAT_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
 IMAGE_TOKEN = "<image>"
 
 
+def llava_train_prompt() -> str:
+    """`TRAIN_PROMPT`, for configs: `prompt=dict(type=llava_train_prompt)` (see TokenizePieces)."""
+    return TRAIN_PROMPT
+
+
 class LlavaImageProcessor(SquareProcessor):
     """LLaVA-1.5 processing with HG-LMM's letterbox geometry (no centre crop).
 
