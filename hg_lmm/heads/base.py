@@ -45,9 +45,9 @@ class MaskHead(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement forward")
 
 
-def check_head_output(head: nn.Module, out: Any) -> dict[str, torch.Tensor]:
+def check_head_output(head: MaskHead, out: Any) -> dict[str, torch.Tensor]:
     """`out` if it is a head output with the final map and every map `loss_prefixes` names."""
-    needed = {FINAL, *getattr(head, "loss_prefixes", {FINAL: ""})}
+    needed = {FINAL, *head.loss_prefixes}
     if not isinstance(out, dict) or not needed <= set(out):
         got = sorted(out) if isinstance(out, dict) else type(out).__name__
         raise TypeError(
