@@ -13,8 +13,9 @@ recomputation replays the head with the same RNG state (dropout) and with BatchN
 statistics left untouched, so they are updated once per step, as without checkpointing.
 
 A sample is a mapping (a dict, or the datasets' `GroundingSample` record) with `input_ids`
-[T_all], `mask_ids` [T_all] (prompt tokens -1), `image` (PIL) or `pixel_values` + `meta`, and for
-training `masks` [n, H, W] at the original image size (`caption_start` is optional).
+[T_all], `mask_ids` [T_all] (prompt tokens -1), `image` (PIL) or `pixel_values` + `meta` +
+`image_hw` (the original size, `original_hw`), and for training `masks` [n, H, W] at the original
+image size (`caption_start` is optional).
 See hg_lmm.datasets for how samples are built.
 """
 
@@ -121,15 +122,6 @@ class GroundingModel(BaseModel):
         probs = maps[FINAL].float().sigmoid()
         return resize_masks(probs, image_hw, "bilinear") > threshold
 
-    @staticmethod
-    def _image_hw(sample: Mapping[str, Any]) -> tuple[int, int]:
-        if "image" in sample:
-            w, h = sample["image"].size
-            return h, w
-        if "masks" in sample:
-            return tuple(sample["masks"].shape[-2:])
-        return tuple(sample["image_hw"])
-
     def forward(
         self,
         data: Sequence[Mapping[str, Any]],
@@ -212,7 +204,7 @@ class GroundingModel(BaseModel):
         """Per sample: logits and thresholded masks at the original image size."""
         out = []
         for sample, features in zip(data, self.lmm.extract_batch(data)):
-            maps, hw = self.head_logits(features, sample), self._image_hw(sample)
+            maps, hw = self.head_logits(features, sample), original_hw(sample)
             logits = self.final_logits(maps, hw)
             out.append({"logits": logits, "masks": self.final_masks(maps, hw, self.threshold)})
         return out
@@ -238,14 +230,31 @@ class GroundingModel(BaseModel):
             mask_ids[torch.as_tensor(list(idx))] = k
         f = answer.features
         features = dataclasses.replace(f, mask_ids=mask_ids)
-        sample = {"image": image} if image is not None else {}
+        # Without the image, the masks come at the processor's image size (meta image_shape).
+        sample = {"image": image} if image is not None else {"image_hw": self._meta_hw(f.meta)}
         maps = self.head_logits(features, sample)
-        hw = (image.size[1], image.size[0]) if image is not None else self._meta_hw(f.meta)
-        return self.final_masks(maps, hw, self.threshold if threshold is None else threshold)
+        threshold = self.threshold if threshold is None else threshold
+        return self.final_masks(maps, original_hw(sample), threshold)
 
     @staticmethod
     def _meta_hw(meta: Mapping[str, Any]) -> tuple[int, int]:
         return meta["image_shape"]["height"], meta["image_shape"]["width"]
+
+
+def original_hw(sample: Mapping[str, Any]) -> tuple[int, int]:
+    """The size (h, w) a sample's predictions are returned at, and its ground-truth masks are
+    given at: its `image`'s (PIL, (w, h)), or for a sample that carries `pixel_values` + `meta`
+    instead, its `image_hw`."""
+    if sample.get("image") is not None:
+        w, h = sample["image"].size
+        return h, w
+    if "image_hw" not in sample:
+        raise KeyError(
+            f"sample {sample.get('id', '?')} has neither an 'image' nor an 'image_hw' (h, w): "
+            "give the original image, or its size as 'image_hw' next to 'pixel_values' and 'meta'"
+        )
+    h, w = sample["image_hw"]
+    return int(h), int(w)
 
 
 # The LMMFeatures tensors a head reads (attn or attn_prior); the checkpointed head takes those

@@ -11,7 +11,7 @@ from hg_lmm.heads.base import FINAL, MaskHead
 from hg_lmm.heads.hg import HGHead
 from hg_lmm.lmm.llava import TRAIN_PROMPT, LlavaAdapter
 from hg_lmm.lmm.processors import letterbox_meta
-from hg_lmm.model import GroundingModel
+from hg_lmm.model import GroundingModel, original_hw
 from hg_lmm.utils.checkpoint import load_state, save_checkpoint
 
 VISION_LAYERS = (0, 1, 2, 3, 0, 1, 2, 3)
@@ -81,6 +81,22 @@ def test_predict_shapes_per_sample(model, batch):
     assert preds[0]["masks"].dtype == torch.bool
     tensors = model(batch, mode="tensor")
     assert torch.equal(tensors[1], preds[1]["logits"])
+
+
+def test_one_source_for_the_original_size(model, batch):
+    """Predictions come at the image's size when the sample has one, else at its `image_hw`;
+    a sample with neither is refused by name."""
+    from PIL import Image
+
+    model.eval()
+    with_image = dict(batch[0], image=Image.new("RGB", (50, 20)))  # PIL size is (w, h)
+    assert original_hw(with_image) == (20, 50)
+    assert original_hw(batch[0]) == (30, 40)
+    pred = model([with_image], mode="predict")[0]
+    assert tuple(pred["masks"].shape) == (2, 20, 50)
+    without = {k: v for k, v in batch[0].items() if k != "image_hw"}
+    with pytest.raises(KeyError, match="neither an 'image' nor an 'image_hw'"):
+        model([without], mode="predict")
 
 
 def test_state_dict_excludes_frozen_lmm(model):
