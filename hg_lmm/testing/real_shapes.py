@@ -114,9 +114,9 @@ def family(name: str) -> str:
 
 def llava_1_5_7b_config(tokenizer: Any) -> Any:
     """llava-hf/llava-1.5-7b-hf's LlavaConfig, with the special-token ids of `tokenizer`."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    from hg_lmm.testing.tiny_models import llava_config
 
-    vision = CLIPVisionConfig(
+    vision = dict(
         hidden_size=1024,
         intermediate_size=4096,
         num_hidden_layers=24,
@@ -126,7 +126,7 @@ def llava_1_5_7b_config(tokenizer: Any) -> Any:
         projection_dim=768,
         hidden_act="quick_gelu",
     )
-    text = LlamaConfig(
+    text = dict(
         vocab_size=32064,
         hidden_size=4096,
         intermediate_size=11008,
@@ -135,19 +135,8 @@ def llava_1_5_7b_config(tokenizer: Any) -> Any:
         num_key_value_heads=32,
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
-    return LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        pad_token_id=tokenizer.pad_token_id,
-        projector_hidden_act="gelu",
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
+    return llava_config(tokenizer, vision, text, projector_hidden_act="gelu")
 
 
 def _build_random(name: str, folder: Path, seed: int, num_layers: int | None) -> None:

@@ -104,6 +104,29 @@ def tiny_llama_kwargs(
     )
 
 
+def llava_config(tokenizer, vision: dict, text: dict, **llava: object):
+    """A LlavaConfig of a CLIP vision tower (`vision`: CLIPVisionConfig arguments) and a Llama
+    (`text`: LlamaConfig arguments), wired to the special tokens of `tokenizer`: bos/eos/pad ids
+    and the `<image>` token; LLaVA-1.5's feature selection (penultimate layer, no CLS)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    text = LlamaConfig(
+        **text,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlavaConfig(
+        vision_config=CLIPVisionConfig(**vision),
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        **llava,
+    )
+
+
 def tiny_llava_config(
     tokenizer,
     *,
@@ -118,9 +141,7 @@ def tiny_llava_config(
 
     grid = image_size // patch_size (64 // 8 = 8 by default, N = 64 image tokens).
     """
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
-    vision = CLIPVisionConfig(
+    vision = dict(
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=vision_layers,
@@ -129,25 +150,10 @@ def tiny_llava_config(
         patch_size=patch_size,
         projection_dim=hidden_size,
     )
-    text = LlamaConfig(
-        **tiny_llama_kwargs(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            text_layers=text_layers,
-            heads=heads,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+    text = tiny_llama_kwargs(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, text_layers=text_layers, heads=heads
     )
-    return LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        pad_token_id=tokenizer.pad_token_id,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
+    return llava_config(tokenizer, vision, text)
 
 
 def tiny_llava(save_dir: str | Path, *, seed: int = 0, **config_kwargs):
@@ -186,7 +192,10 @@ def build_once(cache_dir: str | Path, build: Callable[[Path], object]) -> Path:
 
         cache_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cache_dir.parent, prefix=".building-"))
-        build(tmp)
+        # The caller's random state is left as it was: a model built after this (e.g. a head
+        # seeded by the training config) starts the same whether the cache existed or not.
+        with torch.random.fork_rng(devices=[]):
+            build(tmp)
         try:
             tmp.rename(cache_dir)
         except OSError:  # another process finished first; its copy is identical

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from hg_lmm.testing.tiny_models import tiny_tokenizer
+from hg_lmm.testing.tiny_models import build_once, tiny_llava, tiny_tokenizer
 
 
 def test_llava_tokenizer_has_image_token(llava_tokenizer):
@@ -63,3 +63,13 @@ def test_tiny_llava_forward_and_round_trip(tiny_llava, tmp_path):
     with torch.no_grad():
         out2 = again.eval()(**enc, pixel_values=pixels)
     assert torch.equal(out.logits, out2.logits)
+
+
+def test_building_the_cached_model_leaves_the_random_state(tmp_path):
+    """A head seeded and built after the tiny LMM starts the same whether its cache existed:
+    the demo's untrained head is then the one training starts from."""
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    build_once(tmp_path / "llava", tiny_llava)
+    assert (tmp_path / "llava" / "config.json").is_file()
+    assert torch.equal(torch.get_rng_state(), before)
