@@ -96,13 +96,26 @@ def to_pixel_values(
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
-class SquareProcessor:
-    """Shared tail of both processors: pad to a centred square, rescale, normalise."""
+def _float_tuple(values: Sequence[float] | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(float(v) for v in values)
 
-    image_size: int
-    image_mean: tuple[float, ...] | None
-    image_std: tuple[float, ...] | None
-    rescale_factor: float
+
+class SquareProcessor:
+    """Shared tail of both processors: pad to a centred square, rescale, normalise. Subclasses
+    define `resize` (the resized image is at most `image_size` on its long side)."""
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        image_mean: Sequence[float] | None,
+        image_std: Sequence[float] | None,
+        rescale_factor: float = 1 / 255,
+    ) -> None:
+        self.image_size = int(image_size)
+        self.image_mean = _float_tuple(image_mean)
+        self.image_std = _float_tuple(image_std)
+        self.rescale_factor = float(rescale_factor)
 
     def resize(self, image: Image.Image) -> Image.Image:
         raise NotImplementedError
@@ -117,10 +130,6 @@ class SquareProcessor:
         square, meta = pad_to_square(resized, self.background)
         pixels = to_pixel_values(square, self.image_mean, self.image_std, self.rescale_factor)
         return pixels, meta
-
-
-def float_tuple(values: Sequence[float] | None) -> tuple[float, ...] | None:
-    return None if values is None else tuple(float(v) for v in values)
 
 
 def expand_image_tokens(

@@ -21,7 +21,6 @@ from hg_lmm.lmm.processors import (
     CLIP_STD,
     SquareProcessor,
     expand_image_tokens,
-    float_tuple,
 )
 
 
@@ -48,11 +47,13 @@ class DeepseekVLImageProcessor(SquareProcessor):
         min_size: int = 14,
         rescale_factor: float = 1 / 255,
     ) -> None:
-        self.image_size = int(image_size)
-        self.image_mean = float_tuple(image_mean)
-        self.image_std = float_tuple(image_std)
+        super().__init__(
+            image_size=image_size,
+            image_mean=image_mean,
+            image_std=image_std,
+            rescale_factor=rescale_factor,
+        )
         self.min_size = int(min_size)
-        self.rescale_factor = float(rescale_factor)
 
     def resize(self, image: Image.Image) -> Image.Image:
         width, height = image.size

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from hg_lmm.lmm.processors import CLIP_MEAN, CLIP_STD, SquareProcessor, float_tuple
+from hg_lmm.lmm.processors import CLIP_MEAN, CLIP_STD, SquareProcessor
 
 # Only the INSTRUCTION part of xtuner's vicuna template, without SYSTEM (as the reference trains).
 TRAIN_PROMPT = "USER: <image>\nPlease give me a description of the image. ASSISTANT:"
@@ -37,10 +37,12 @@ class LlavaImageProcessor(SquareProcessor):
         image_std: Sequence[float] = CLIP_STD,
         rescale_factor: float = 1 / 255,
     ) -> None:
-        self.image_size = int(image_size)
-        self.image_mean = float_tuple(image_mean)
-        self.image_std = float_tuple(image_std)
-        self.rescale_factor = float(rescale_factor)
+        super().__init__(
+            image_size=image_size,
+            image_mean=image_mean,
+            image_std=image_std,
+            rescale_factor=rescale_factor,
+        )
 
     def resize(self, image: Image.Image) -> Image.Image:
         width, height = image.size
