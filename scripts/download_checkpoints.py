@@ -1,37 +1,47 @@
 """Download the released head checkpoints and SAM ViT-L into checkpoints/ under the names the
 configs expect, with a progress bar; an interrupted download resumes when run again.
 
-    python scripts/download_checkpoints.py              # every head checkpoint and SAM ViT-L
-    python scripts/download_checkpoints.py sam_vit_l deepseek_vl_1_3b
-    python scripts/download_checkpoints.py --list       # what is there, what is missing
+    python scripts/download_checkpoints.py              # every head this project runs, SAM ViT-L
+    python scripts/download_checkpoints.py sam_vit_l hg_deepseek_vl_1_3b
+    python scripts/download_checkpoints.py --list       # per config: its file, there or not
     python scripts/download_checkpoints.py --lmms       # also the frozen LMMs (Hugging Face cache)
 
 --base-url fetches `<URL>/<file name>` from a mirror instead of the original sources (Google
 Drive, dl.fbaipublicfiles.com); --hf-endpoint does the same for the LMMs (e.g. a hub mirror).
 Sizes and SHA-256 digests are checked where hg_lmm/utils/downloads.py knows them; for the others
-the digest is printed so that it can be added there.
+the digest is printed so that it can be added there. Published checkpoints that no config here can
+run (Mini-Gemini, HPT) are listed with the reason, and refused with it when named.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 
 from hg_lmm.utils import downloads
 
 
 def print_list(dest: str, hf_cache: str | None) -> None:
-    rows = [("name", "file", "status", "source")]
-    for item in downloads.artifacts():
-        rows.append((item.name, item.filename, downloads.status(item, dest), item.source()))
+    """One row per table entry: the config that needs it, its file and whether it is there; the
+    reasons of the unsupported entries below the table."""
+    rows = [("name", "config", "file", "status", "source")]
+    for item in downloads.ARTIFACTS:
+        config = item.config or "(every U-Net+SAM config)"
+        rows.append((item.name, config, item.filename, downloads.status(item, dest), item.source()))
     for model in downloads.hub_models():
         cached = downloads.hub_model_cached(model, hf_cache)
         where = "in the Hugging Face cache" if cached else "not cached (--lmms)"
-        rows.append((model.name, model.repo_id, where, f"hub: {model.repo_id}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        rows.append((model.name, model.config, model.repo_id, where, f"hub: {model.repo_id}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+    unsupported = [item for item in downloads.ARTIFACTS if item.unsupported]
+    if unsupported:
+        print("\nknown but unsupported (never downloaded):")
+        for item in unsupported:
+            print(f"  {item.name}: {item.unsupported}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -42,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(names)}")
     parser.add_argument("--dir", default="checkpoints", help="destination; default %(default)s")
     parser.add_argument("--list", action="store_true", help="show what is there and exit")
-    parser.add_argument("--lmms", action="store_true", help="also download the three LMMs")
+    parser.add_argument("--lmms", action="store_true", help="also download every LMM of the table")
     parser.add_argument("--base-url", help="a mirror serving <URL>/<file name>")
     parser.add_argument("--hf-endpoint", help="a Hugging Face hub mirror for the LMMs")
     parser.add_argument("--hf-cache", help="Hugging Face cache folder (default: its usual one)")
@@ -59,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:  # no NAME: every file; LMMs only when named or with --lmms
         files = downloads.artifacts(wanted_files if args.names else None)
         lmms = downloads.hub_models(None if args.lmms else wanted_lmms)
+    except downloads.UnsupportedError as error:
+        print(f"not downloaded: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
     except downloads.DownloadError as error:
         parser.error(str(error))
     failed = []

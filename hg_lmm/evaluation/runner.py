@@ -167,17 +167,18 @@ def load_model(
     if "model" not in cfg:
         raise SystemExit(f"{config} has no `model`; evaluation builds cfg.model")
     model = build(cfg.model)
+    # What is known of a released checkpoint whose layout no reference code pins (the config's
+    # `checkpoint_note`): shown with any failed load, and as a warning after a good one.
+    note = cfg.get("checkpoint_note")
     if checkpoint is not None:
         try:
-            report = load_state(
-                model,
-                checkpoint,
-                strict=True,
-                unsafe=unsafe,
-            )
+            report = load_state(model, checkpoint, strict=True, unsafe=unsafe)
         except CheckpointError as error:
-            raise SystemExit(f"cannot evaluate {checkpoint}: {error}") from error
+            known = f"\nAbout checkpoints of {config}: {note}" if note else ""
+            raise SystemExit(f"cannot evaluate {checkpoint}: {error}{known}") from error
         logger.info("loaded %s: %s", checkpoint, report)
+        if note:
+            logger.warning("%s loaded, but note for %s: %s", checkpoint, config, note)
     else:
         logger.warning("no checkpoint: evaluating an untrained head")
     if device is not None:

@@ -139,6 +139,27 @@ def llava_1_5_7b_config(tokenizer: Any) -> Any:
     return llava_config(tokenizer, vision, text, projector_hidden_act="gelu")
 
 
+def _released_config(name: str, tokenizer: Any, num_layers: int | None = None) -> tuple[Any, Any]:
+    """(config, model class) of `name` at its released shapes, wired to `tokenizer`'s special
+    tokens; `num_layers` decoder layers instead of the released count when given."""
+    if family(name) == "llava":
+        from transformers import LlavaForConditionalGeneration
+
+        config = llava_1_5_7b_config(tokenizer)
+        if num_layers is not None:
+            config.text_config.num_hidden_layers = num_layers
+        return config, LlavaForConditionalGeneration
+    from hg_lmm.lmm.deepseek_vl import MultiModalityCausalLM, MultiModalityConfig
+
+    spec = copy.deepcopy(DEEPSEEK_VL_CONFIGS[name])
+    spec["language_config"].update(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+    if num_layers is not None:
+        spec["language_config"]["num_hidden_layers"] = num_layers
+    return MultiModalityConfig(**spec), MultiModalityCausalLM
+
+
 def _build_random(name: str, folder: Path, seed: int, num_layers: int | None) -> None:
     """Write a random `name` model (bf16), its tokenizer and processor config to `folder`."""
     from hg_lmm.testing.tiny_models import tiny_tokenizer
@@ -146,25 +167,10 @@ def _build_random(name: str, folder: Path, seed: int, num_layers: int | None) ->
     # A vocabulary large enough for whole words, so that prompts take about as many tokens as
     # with the released tokenizers (e.g. 18 for DeepSeek-VL's training prompt text).
     tokenizer = tiny_tokenizer(family(name), folder, vocab_size=4000)
-    if family(name) == "llava":
-        from transformers import LlavaForConditionalGeneration
-
-        config = llava_1_5_7b_config(tokenizer)
-        if num_layers is not None:
-            config.text_config.num_hidden_layers = num_layers
-        model_cls = LlavaForConditionalGeneration
-    else:
-        from hg_lmm.lmm.deepseek_vl import MultiModalityCausalLM, MultiModalityConfig
+    config, model_cls = _released_config(name, tokenizer, num_layers)
+    if family(name) == "deepseek_vl":
         from hg_lmm.lmm.deepseek_vl.adapter import default_image_processor
 
-        spec = copy.deepcopy(DEEPSEEK_VL_CONFIGS[name])
-        spec["language_config"].update(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
-        )
-        if num_layers is not None:
-            spec["language_config"]["num_hidden_layers"] = num_layers
-        config = MultiModalityConfig(**spec)
-        model_cls = MultiModalityCausalLM
         default_image_processor(config).save_pretrained(folder)
     default = torch.get_default_dtype()
     try:
@@ -176,6 +182,36 @@ def _build_random(name: str, folder: Path, seed: int, num_layers: int | None) ->
     finally:
         torch.set_default_dtype(default)
     model.save_pretrained(folder)
+
+
+def meta_adapter(*, name: str, tokenizer_dir: str | Path) -> Any:
+    """The frozen adapter of `name` at its released shapes, its LMM on the meta device (no
+    memory, no weights, no download), with a small tokenizer saved to `tokenizer_dir`.
+
+    It has the released `dims`, so a head built on it has the released checkpoints' shapes: for
+    checking a checkpoint's keys through the real config and loading path. It cannot run.
+    """
+    from hg_lmm.testing.tiny_models import tiny_tokenizer
+
+    if name not in REAL_SHAPES:
+        raise ValueError(f"unknown LMM {name!r}; expected one of {REAL_SHAPES}")
+    tokenizer = tiny_tokenizer(family(name), tokenizer_dir, vocab_size=400)
+    config, model_cls = _released_config(name, tokenizer)
+    from accelerate import init_empty_weights
+
+    # Parameters on the meta device, buffers real (timm calls .item() while building).
+    with init_empty_weights(include_buffers=False):
+        lmm = model_cls(config)
+    if family(name) == "llava":
+        from hg_lmm.lmm.llava import LlavaAdapter, LlavaImageProcessor
+
+        processor = LlavaImageProcessor(image_size=config.vision_config.image_size)
+        return LlavaAdapter(lmm=lmm, tokenizer=tokenizer, processor=processor)
+    from hg_lmm.lmm.deepseek_vl import DeepseekVLAdapter
+    from hg_lmm.lmm.deepseek_vl.adapter import default_image_processor
+
+    processor = default_image_processor(config)
+    return DeepseekVLAdapter(lmm=lmm, tokenizer=tokenizer, processor=processor)
 
 
 def random_lmm_folder(

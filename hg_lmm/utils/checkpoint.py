@@ -315,24 +315,46 @@ def read_state_dict(path: str | os.PathLike, *, unsafe: bool = False) -> dict[st
 
 @dataclass
 class LoadReport:
-    """What a load did: loaded keys, trainable keys missing from the file, unknown file keys."""
+    """What a load did: loaded keys, trainable keys missing from the file, unknown file keys,
+    keys whose shape differs from the model's (as "key: file (a, b), model (c, d)"), and keys
+    dropped on purpose (`ignored_prefixes`)."""
 
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        """Whether every trainable key is there with the model's shape, and nothing else."""
+        return not (self.missing or self.unexpected or self.mismatched)
 
     def __str__(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors"]
         for title, keys in (
             ("missing", self.missing),
             ("unexpected", self.unexpected),
+            ("mis-shaped", self.mismatched),
             ("ignored", self.ignored),
         ):
             if keys:
                 shown = ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else "")
                 lines.append(f"{title} ({len(keys)}): {shown}")
         return "; ".join(lines)
+
+    def details(self) -> str:
+        """Every missing, unexpected and mis-shaped key by name, one per line (none left out)."""
+        lines = []
+        for title, keys in (
+            ("missing from the file", self.missing),
+            ("unexpected in the file", self.unexpected),
+            ("mis-shaped", self.mismatched),
+        ):
+            if keys:
+                lines.append(f"{title} ({len(keys)}):")
+                lines.extend(f"  {key}" for key in keys)
+        return "\n".join(lines)
 
 
 def load_state(
@@ -352,10 +374,11 @@ def load_state(
     `IGNORED_CHECKPOINT_PREFIXES`: the reference 7B's unused `cliplayer.`, or the frozen
     `sam.model.image_encoder.` that F-LMM files may hold) are dropped with a log line that counts
     them, and never fail a strict load. Only the trainable state is loaded: any other key of a
-    frozen part (e.g. the LMM) counts as unexpected. With `strict`, any missing
-    trainable key or unexpected key raises `CheckpointError` carrying the report. A tensor holding
-    NaN or Inf always raises (a diverged run's checkpoint would load and score 0). `assign` is
-    passed to `load_state_dict` (for a model built on the meta device).
+    frozen part (e.g. the LMM) counts as unexpected. A key whose shape differs from the model's
+    always raises, and so, with `strict`, does any missing trainable key or unexpected key: the
+    `CheckpointError` names every such key (`LoadReport.details`) and nothing is loaded. A tensor
+    holding NaN or Inf always raises (a diverged run's checkpoint would load and score 0).
+    `assign` is passed to `load_state_dict` (for a model built on the meta device).
     """
     state = dict(source) if isinstance(source, Mapping) else read_state_dict(source, unsafe=unsafe)
     expected = trainable_state_names(model)
@@ -366,6 +389,7 @@ def load_state(
         ignored_prefixes = getattr(head, "IGNORED_CHECKPOINT_PREFIXES", ())
     ignored = tuple(ignored_prefixes)
     to_load: dict[str, torch.Tensor] = {}
+    mis_shaped: set[str] = set()
     for key, value in state.items():
         bare = key[len(head_prefix) :] if key.startswith(head_prefix) else key
         if ignored and bare.startswith(ignored):
@@ -376,10 +400,11 @@ def load_state(
             report.unexpected.append(key)
             continue
         if own[name].shape != value.shape:
-            raise CheckpointError(
-                f"{name}: checkpoint shape {tuple(value.shape)} != model shape "
-                f"{tuple(own[name].shape)}; is the config the one this checkpoint was trained with?"
+            report.mismatched.append(
+                f"{key}: file {tuple(value.shape)}, model {tuple(own[name].shape)}"
             )
+            mis_shaped.add(name)
+            continue
         to_load[name] = value
     nonfinite = [
         k for k, v in to_load.items() if v.is_floating_point() and not bool(v.isfinite().all())
@@ -392,15 +417,19 @@ def load_state(
             "earlier checkpoint of that run"
         )
     report.loaded = sorted(to_load)
-    report.missing = sorted(set(expected) - set(to_load))
+    report.missing = sorted(set(expected) - set(to_load) - mis_shaped)
     if report.ignored:
         logger.info(
             "ignored %d checkpoint tensors not used by this model (%s...)",
             len(report.ignored),
             report.ignored[0],
         )
-    if strict and (report.missing or report.unexpected):
-        raise CheckpointError(f"checkpoint does not fit the model: {report}")
+    if report.mismatched or (strict and not report.fits):
+        report.loaded = []  # nothing is loaded half-way
+        raise CheckpointError(
+            f"checkpoint does not fit the model: {report}. Is the config the one this checkpoint "
+            f"was trained with? Nothing was loaded. Every key that differs:\n{report.details()}"
+        )
     model.load_state_dict(to_load, strict=False, assign=assign)
     logger.info("checkpoint: %s", report)
     return report

@@ -2,7 +2,10 @@
 that shows progress, resumes a partial file and checks the result.
 
 The table (`ARTIFACTS`) drives everything: each entry names its source (a Google Drive file id or
-a URL), its file under `checkpoints/`, and, once known, its size and SHA-256. Downloads go through
+a URL), its file under `checkpoints/`, the config that uses it, and, once known, its size and
+SHA-256. It lists every published head checkpoint of HG-LMM and F-LMM, including those this
+project cannot run: such an entry carries the reason (`unsupported`), is shown by `--list` and is
+refused, with that reason, when asked for. Downloads go through
 `gdown` (Google Drive's confirmation pages, a progress bar, resume with checked byte ranges); the
 frozen LMMs come from the Hugging Face hub through `huggingface_hub` into its own cache, where the
 configs' hub ids then resolve offline.
@@ -41,7 +44,9 @@ class Artifact:
       url: a direct URL.
       size: its size in bytes, when known (checked after the download).
       sha256: its SHA-256 hex digest, when known (checked after the download).
-      config: the config that uses it.
+      config: the config that uses it (relative to the repo root).
+      unsupported: why no config here can run it (None when one can); such an entry is listed,
+        never downloaded.
     """
 
     name: str
@@ -52,6 +57,7 @@ class Artifact:
     size: int | None = None
     sha256: str | None = None
     config: str | None = None
+    unsupported: str | None = None
 
     def source(self, base_url: str | None = None) -> str:
         """The URL to fetch: `<base_url>/<filename>` for a mirror, else the original source."""
@@ -73,32 +79,125 @@ class HubModel:
     config: str
 
 
-# The head checkpoints linked from the original HG-LMM README hold F-LMM-family heads (U-Net +
-# SAM refiner), so they take the names of the U-Net+SAM configs. Their sizes and hashes are not
-# published; `download` prints both for each file so that they can be added here. SAM ViT-L's
-# size and SHA-256 are the ones listed alongside the official file (its name carries its MD5
-# prefix, 0b3195).
+_GDRIVE = "(Google Drive)"
+_LLAVA_NEXT = "LLaVA-NeXT is not implemented in this project yet (no adapter under hg_lmm/lmm/)"
+_MGM = (
+    "Mini-Gemini is not implemented in this project yet: it needs a weight-compatible MGM (CLIP-L "
+    "and ConvNeXt towers, patch-info mining, Gemma / LLaMA decoders) under hg_lmm/lmm/"
+)
+_HPT = (
+    "HPT's model code is published only on the Hugging Face hub (loaded with "
+    "trust_remote_code=True), so this project cannot implement it faithfully offline; see "
+    "checkpoints/README.md for what support would need"
+)
+
+
+def _head(
+    name: str, config: str, gdrive_id: str, what: str, unsupported: str | None = None
+) -> Artifact:
+    """A head checkpoint named after its config (`checkpoints/<config stem>.pth`)."""
+    return Artifact(
+        name=name,
+        filename=Path(config).stem + ".pth",
+        description=f"{what} {_GDRIVE}",
+        gdrive_id=gdrive_id,
+        config=config,
+        unsupported=unsupported,
+    )
+
+
+# Head checkpoints, each under the name of the config it belongs to.
+# - HG-LMM's README (github WenjieLi2008/HG-LMM at 7431b2f) publishes the three HG-head files.
+# - F-LMM's README (github wusize/F-LMM) publishes ten U-Net+SAM files; the same three DeepSeek-VL
+#   and LLaVA-1.5 files were linked from an earlier HG-LMM README.
+# No head's size or hash is published; `download` prints both so that they can be added here.
+# SAM ViT-L's size and SHA-256 are the ones listed alongside the official file (its name carries
+# its MD5 prefix, 0b3195).
 ARTIFACTS: tuple[Artifact, ...] = (
-    Artifact(
-        name="deepseek_vl_1_3b",
-        filename="frozen_deepseek_vl_1_3b_chat_unet_sam_l_refcoco_png.pth",
-        description="U-Net+SAM head for DeepSeek-VL-1.3B-chat (Google Drive)",
-        gdrive_id="1UXcjJrrpTm1bNphvPNjvol9gUfvzNbjA",
-        config="configs/deepseek_vl/frozen_deepseek_vl_1_3b_chat_unet_sam_l_refcoco_png.py",
+    _head(
+        "hg_deepseek_vl_1_3b",
+        "configs/deepseek_vl/hg_frozen_deepseek_vl_1_3b_chat_refcoco_png.py",
+        "1kDZnM1UREePvdfnPB5RoC0e4FNxxuaWH",
+        "HG head for DeepSeek-VL-1.3B-chat",
     ),
-    Artifact(
-        name="deepseek_vl_7b",
-        filename="frozen_deepseek_vl_7b_chat_unet_sam_l_refcoco_png.pth",
-        description="U-Net+SAM head for DeepSeek-VL-7B-chat (Google Drive)",
-        gdrive_id="1LOwIAYVyR51e34ksV9jz-GGiFfmkZLj_",
-        config="configs/deepseek_vl/frozen_deepseek_vl_7b_chat_unet_sam_l_refcoco_png.py",
+    _head(
+        "hg_deepseek_vl_7b",
+        "configs/deepseek_vl/hg_frozen_deepseek_vl_7b_chat_refcoco_png.py",
+        "15X73eHgj25g6SzvHPM0P3JSdGMQIKPIr",
+        "HG head for DeepSeek-VL-7B-chat",
     ),
-    Artifact(
-        name="llava_1_5_7b",
-        filename="frozen_llava_1_5_vicuna_7b_unet_sam_l_refcoco_png.pth",
-        description="U-Net+SAM head for LLaVA-1.5-7B (Google Drive)",
-        gdrive_id="1opjFe15B5L5JJ78gE_FsXvDnwSlwSHhh",
-        config="configs/llava/frozen_llava_1_5_vicuna_7b_unet_sam_l_refcoco_png.py",
+    _head(
+        "hg_llava_1_5_7b",
+        "configs/llava/hg_frozen_llava_1_5_vicuna_7b_refcoco_png.py",
+        "1k5Jp3iEoxKMASBI2vm1jPaV8uHTEwL6w",
+        "HG head for LLaVA-1.5-7B (key layout unverified, see checkpoints/README.md)",
+    ),
+    _head(
+        "deepseek_vl_1_3b",
+        "configs/deepseek_vl/frozen_deepseek_vl_1_3b_chat_unet_sam_l_refcoco_png.py",
+        "1UXcjJrrpTm1bNphvPNjvol9gUfvzNbjA",
+        "U-Net+SAM head (F-LMM) for DeepSeek-VL-1.3B-chat",
+    ),
+    _head(
+        "deepseek_vl_7b",
+        "configs/deepseek_vl/frozen_deepseek_vl_7b_chat_unet_sam_l_refcoco_png.py",
+        "1LOwIAYVyR51e34ksV9jz-GGiFfmkZLj_",
+        "U-Net+SAM head (F-LMM) for DeepSeek-VL-7B-chat",
+    ),
+    _head(
+        "llava_1_5_7b",
+        "configs/llava/frozen_llava_1_5_vicuna_7b_unet_sam_l_refcoco_png.py",
+        "1opjFe15B5L5JJ78gE_FsXvDnwSlwSHhh",
+        "U-Net+SAM head (F-LMM) for LLaVA-1.5-7B",
+    ),
+    _head(
+        "llava_next_vicuna_7b",
+        "configs/llava_next/frozen_llava_next_vicuna_7b_unet_sam_l_refcoco_png.py",
+        "1N-olLqhZdPEySt8Asu2cvLJBaL1VHTqa",
+        "U-Net+SAM head (F-LMM) for LLaVA-NeXT-Vicuna-7B",
+        unsupported=_LLAVA_NEXT,
+    ),
+    _head(
+        "llava_next_mistral_7b",
+        "configs/llava_next/frozen_llava_next_mistral_7b_unet_sam_l_refcoco_png.py",
+        "13rHaEZ62Q-VX5iKhOQnlm4yH1TMOBalH",
+        "U-Net+SAM head (F-LMM) for LLaVA-NeXT-Mistral-7B",
+        unsupported=_LLAVA_NEXT,
+    ),
+    _head(
+        "mgm_gemma_2b",
+        "configs/mgm/frozen_mgm_gemma_2b_unet_sam_l_refcoco_png.py",
+        "13wHk-dHa4in1rfIRzKCf-xEHwhaCz_6Y",
+        "U-Net+SAM head (F-LMM) for Mini-Gemini-2B (Gemma)",
+        unsupported=_MGM,
+    ),
+    _head(
+        "mgm_vicuna_7b",
+        "configs/mgm/frozen_mgm_vicuna_7b_unet_sam_l_refcoco_png.py",
+        "1Gg57bLJfx2zvYQyyE7Fjfw3hCq9ucVyN",
+        "U-Net+SAM head (F-LMM) for Mini-Gemini-7B",
+        unsupported=_MGM,
+    ),
+    _head(
+        "mgm_vicuna_7b_hd",
+        "configs/mgm/frozen_mgm_vicuna_7b_hd_unet_sam_l_refcoco_png.py",
+        "1CDRI1l0FdTra7EZH_NNEha_QfA2cdbYb",
+        "U-Net+SAM head (F-LMM) for Mini-Gemini-7B-HD",
+        unsupported=_MGM,
+    ),
+    _head(
+        "hpt_air",
+        "configs/hpt/frozen_hpt_air_unet_sam_l_refcoco_png.py",
+        "1_gU4olEjsYvBvcq6yWGklSxNAv-Yz44T",
+        "U-Net+SAM head (F-LMM) for HPT-Air",
+        unsupported=_HPT,
+    ),
+    _head(
+        "hpt_air_1_5",
+        "configs/hpt/frozen_hpt_air_1_5_unet_sam_l_refcoco_png.py",
+        "1Q-asMx7C3onXnmxqEZzecMHHCccqkzaP",
+        "U-Net+SAM head (F-LMM) for HPT-Air-1.5",
+        unsupported=_HPT,
     ),
     Artifact(
         name="sam_vit_l",
@@ -137,9 +236,27 @@ def _by_name(items: Iterable, names: Sequence[str], what: str) -> list:
     return [table[n] for n in names]
 
 
+class UnsupportedError(DownloadError):
+    """A known checkpoint that no config of this project can run; the message says why."""
+
+
 def artifacts(names: Sequence[str] | None = None) -> list[Artifact]:
-    """The table's entries named `names` (all when None)."""
-    return list(ARTIFACTS) if names is None else _by_name(ARTIFACTS, names, "checkpoint")
+    """The table's entries named `names`; None: every entry a config here can run.
+
+    Raises `UnsupportedError` naming each unsupported entry asked for and why it cannot run.
+    """
+    if names is None:
+        return [a for a in ARTIFACTS if a.unsupported is None]
+    chosen = _by_name(ARTIFACTS, names, "checkpoint")
+    refused = [a for a in chosen if a.unsupported is not None]
+    if refused:
+        raise UnsupportedError(
+            "; ".join(
+                f"{a.name} is a known checkpoint that cannot run here: {a.unsupported}"
+                for a in refused
+            )
+        )
+    return chosen
 
 
 def hub_models(names: Sequence[str] | None = None) -> list[HubModel]:
@@ -179,7 +296,10 @@ def partial_files(artifact: Artifact, dest: str | os.PathLike) -> list[Path]:
 
 
 def status(artifact: Artifact, dest: str | os.PathLike) -> str:
-    """One line on what is on disk: present (size, whether it checks out), partial, or missing."""
+    """One line on what is on disk: present (size, whether it checks out), partial, or missing;
+    "unsupported" for an entry no config here can run (what is on disk does not matter then)."""
+    if artifact.unsupported is not None:
+        return "unsupported (see below)"
     path = Path(dest) / artifact.filename
     if path.is_file():
         size = path.stat().st_size
@@ -219,6 +339,8 @@ def download(
     """
     import gdown
 
+    if artifact.unsupported is not None:
+        raise UnsupportedError(f"{artifact.name} cannot run here: {artifact.unsupported}")
     dest = Path(dest)
     final = dest / artifact.filename
     if final.is_file():
@@ -310,6 +432,7 @@ __all__ = [
     "Artifact",
     "DownloadError",
     "HubModel",
+    "UnsupportedError",
     "artifacts",
     "file_problem",
     "download",

@@ -69,8 +69,19 @@ def test_strict_report_names_missing_and_unexpected():
 def test_shape_mismatch_is_named():
     sd = trainable_state_dict(_trained_toy())
     sd["head.0.weight"] = torch.zeros(1)
-    with pytest.raises(CheckpointError, match="head.0.weight: checkpoint shape"):
-        load_state(Toy(), sd, strict=False)
+    sd.pop("head.1.weight", None)
+    sd["head.9.weight"] = torch.zeros(1)
+    before = {k: v.clone() for k, v in Toy().state_dict().items()}
+    model = Toy()
+    model.load_state_dict(before)
+    for strict in (True, False):  # a mis-shaped key always stops the load
+        with pytest.raises(CheckpointError) as error:
+            load_state(model, sd, strict=strict)
+        message = str(error.value)
+        assert "loaded 0 tensors" in message and "Nothing was loaded" in message
+        assert "  head.0.weight: file (1,), model (4, 3, 3, 3)" in message  # every key by name
+        assert "unexpected in the file (1):\n  head.9.weight" in message
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 class Payload:  # a custom object: loading it would need arbitrary unpickling

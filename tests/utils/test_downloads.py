@@ -90,23 +90,43 @@ def _artifact(**fields) -> Artifact:
 def test_table_uses_the_names_the_configs_expect() -> None:
     names = [a.filename for a in downloads.ARTIFACTS]
     assert len(set(names)) == len(names)
-    ids = {a.gdrive_id for a in downloads.ARTIFACTS if a.gdrive_id}
-    assert ids == {
-        "1UXcjJrrpTm1bNphvPNjvol9gUfvzNbjA",
-        "1LOwIAYVyR51e34ksV9jz-GGiFfmkZLj_",
-        "1opjFe15B5L5JJ78gE_FsXvDnwSlwSHhh",
-    }
+    ids = {a.name: a.gdrive_id for a in downloads.ARTIFACTS if a.gdrive_id}
+    # HG-LMM's three HG heads, F-LMM's ten U-Net+SAM heads.
+    assert ids["hg_deepseek_vl_1_3b"] == "1kDZnM1UREePvdfnPB5RoC0e4FNxxuaWH"
+    assert ids["hg_deepseek_vl_7b"] == "15X73eHgj25g6SzvHPM0P3JSdGMQIKPIr"
+    assert ids["hg_llava_1_5_7b"] == "1k5Jp3iEoxKMASBI2vm1jPaV8uHTEwL6w"
+    assert ids["deepseek_vl_1_3b"] == "1UXcjJrrpTm1bNphvPNjvol9gUfvzNbjA"
+    assert ids["hpt_air"] == "1_gU4olEjsYvBvcq6yWGklSxNAv-Yz44T"
+    assert ids["hpt_air_1_5"] == "1Q-asMx7C3onXnmxqEZzecMHHCccqkzaP"
+    assert len(ids) == 13
     for item in downloads.ARTIFACTS:
         assert item.source().startswith("https://")
         if item.config:  # a head checkpoint keeps the name of the config it belongs to
-            assert (REPO / item.config).is_file()
             assert item.filename == Path(item.config).stem + ".pth"
-            assert "unet_sam" in item.config  # the released files are F-LMM-family heads
+            assert ("unet_sam" in item.config) != item.name.startswith("hg_")
+            # Supported exactly when its config is here: adding a config updates the table.
+            assert (REPO / item.config).is_file() == (item.unsupported is None), item.name
+    default = {a.name for a in downloads.artifacts()}
+    assert {"hg_deepseek_vl_1_3b", "hg_deepseek_vl_7b", "hg_llava_1_5_7b", "sam_vit_l"} <= default
+    assert not {"hpt_air", "hpt_air_1_5", "mgm_gemma_2b"} & default
     sam = next(a for a in downloads.ARTIFACTS if a.name == "sam_vit_l")
     head_base = (REPO / "configs/_base_/models/unet_sam_l_head.py").read_text()
     assert f'"checkpoints/{sam.filename}"' in head_base
     for model in downloads.HUB_MODELS:
         assert f'model_path = "{model.repo_id}"' in (REPO / model.config).read_text()
+
+
+def test_unsupported_checkpoints_are_refused_with_the_reason(tmp_path, capsys) -> None:
+    with pytest.raises(downloads.UnsupportedError, match="hpt_air .*trust_remote_code"):
+        downloads.artifacts(["sam_vit_l", "hpt_air"])
+    hpt = next(a for a in downloads.ARTIFACTS if a.name == "hpt_air")
+    with pytest.raises(downloads.UnsupportedError):
+        downloads.download(hpt, tmp_path)
+    with pytest.raises(SystemExit) as error:
+        _cli(["hpt_air_1_5", "--dir", str(tmp_path)])
+    assert error.value.code == 2
+    assert "trust_remote_code" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing fetched
 
 
 def test_download_from_a_mirror(server, tmp_path, capfd) -> None:
@@ -196,8 +216,13 @@ def test_cli_downloads_lists_and_reports_failures(server, tmp_path, capsys, capl
     assert "has 1,048,576 bytes, but sam_vit_l has 1,249,524,607" in capsys.readouterr().out
 
     _cli(["--list", "--dir", str(tmp_path)])
-    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    listed = capsys.readouterr().out
+    table, _, notes = listed.partition("known but unsupported")
+    rows = {line.split()[0]: line for line in table.splitlines()[1:] if line.strip()}
     assert "present, 1.0 MB (size not published)" in rows["deepseek_vl_1_3b"]
+    hg = rows["hg_deepseek_vl_1_3b"]  # per config: the file it needs and whether it is there
+    assert "hg_frozen_deepseek_vl_1_3b_chat_refcoco_png.py" in hg and "missing" in hg
+    assert "unsupported" in rows["hpt_air"] and "hpt_air: HPT's model code" in notes
     assert "missing" in rows["sam_vit_l"] and "dl.fbaipublicfiles.com" in rows["sam_vit_l"]
     assert "drive.google.com/uc?id=1LOwIAYVyR51e34ksV9jz-GGiFfmkZLj_" in rows["deepseek_vl_7b"]
     assert set(rows) >= {"lmm_deepseek_vl_1_3b", "lmm_deepseek_vl_7b", "lmm_llava_1_5_7b"}
