@@ -132,3 +132,27 @@ def tiny_llava_next_adapter(
     return build_llava_next_adapter(
         model_path=str(cache_dir), template=decoder, attention_grid=attention_grid, **kwargs
     )
+
+
+def golden_tiny_llava_next(save_dir: str | Path, recipe: dict) -> tuple[object, object, Path]:
+    """A tiny LLaVA-NeXT whose every tensor follows the hash rule of `hg_lmm.testing.golden`
+    (keyed by state-dict name), saved to and reloaded from save_dir (the end-to-end fixture,
+    tests/fixtures/llava_next).
+
+    recipe: {"decoder": "vicuna" | "mistral", "config": `tiny_llava_next_config` arguments}.
+    Returns (model in eval mode with eager attention, tokenizer, save_dir).
+    """
+    from transformers import AutoTokenizer, LlavaNextForConditionalGeneration
+
+    from hg_lmm.testing.golden import golden_state_dict
+
+    save_dir = Path(save_dir)
+    tokenizer = tiny_tokenizer("llava", save_dir)
+    config = tiny_llava_next_config(tokenizer, decoder=recipe["decoder"], **recipe["config"])
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten just below
+        model = LlavaNextForConditionalGeneration(config)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model.load_state_dict(golden_state_dict(shapes), strict=True)
+    model.save_pretrained(save_dir)
+    model = LlavaNextForConditionalGeneration.from_pretrained(save_dir, attn_implementation="eager")
+    return model.eval(), AutoTokenizer.from_pretrained(save_dir), save_dir
