@@ -114,6 +114,18 @@ def tiny_llava_next(save_dir: str | Path, *, seed: int = 0, decoder: str = "vicu
     return model.eval(), AutoTokenizer.from_pretrained(save_dir), save_dir
 
 
+def _ensure_tiny_llava_next(decoder: str, cache_dir: str | Path | None) -> Path:
+    cache_dir = Path(cache_dir or f"work_dirs/tiny_lmms/llava_next_{decoder}")
+    return build_once(cache_dir, lambda folder: tiny_llava_next(folder, decoder=decoder))
+
+
+def tiny_llava_next_tokenizer(*, decoder: str = "vicuna", cache_dir: str | Path | None = None):
+    """The tokenizer of the cached tiny LLaVA-NeXT (see `tiny_llava_next_adapter`)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_ensure_tiny_llava_next(decoder, cache_dir))
+
+
 def tiny_llava_next_adapter(
     *,
     decoder: str = "vicuna",
@@ -125,8 +137,7 @@ def tiny_llava_next_adapter(
     (default work_dirs/tiny_lmms/llava_next_<decoder>), built deterministically on first use."""
     from hg_lmm.lmm.llava_next import build_llava_next_adapter
 
-    cache_dir = Path(cache_dir or f"work_dirs/tiny_lmms/llava_next_{decoder}")
-    build_once(cache_dir, lambda folder: tiny_llava_next(folder, decoder=decoder))
+    cache_dir = _ensure_tiny_llava_next(decoder, cache_dir)
     kwargs.setdefault("vision_layers", TINY_LLAVA_NEXT_VISION_LAYERS)
     kwargs.setdefault("torch_dtype", "float32")
     return build_llava_next_adapter(
@@ -156,3 +167,41 @@ def golden_tiny_llava_next(save_dir: str | Path, recipe: dict) -> tuple[object, 
     model.save_pretrained(save_dir)
     model = LlavaNextForConditionalGeneration.from_pretrained(save_dir, attn_implementation="eager")
     return model.eval(), AutoTokenizer.from_pretrained(save_dir), save_dir
+
+
+def llava_next_7b_config(tokenizer, decoder: str):
+    """llava-hf/llava-v1.6-{vicuna,mistral}-7b-hf's LlavaNextConfig (CLIP-L/14-336 and Vicuna-7B
+    or Mistral-7B-Instruct-v0.2, vocabulary 32064 / 32064), with the special-token ids of
+    `tokenizer`; for meta-device key lists and benchmarks at the real shapes."""
+    from hg_lmm.lmm.llava_next.processing import DEFAULT_GRID_PINPOINTS
+
+    vision = dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+    )
+    text = dict(
+        vocab_size=32064,
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        rms_norm_eps=1e-5,
+    )
+    if decoder == "vicuna":
+        text.update(intermediate_size=11008, num_key_value_heads=32, max_position_embeddings=4096)
+    else:
+        text.update(
+            intermediate_size=14336,
+            num_key_value_heads=8,
+            max_position_embeddings=32768,
+            rope_theta=1e6,
+            sliding_window=None,
+        )
+    return llava_next_config(
+        tokenizer, vision, text, decoder=decoder, pinpoints=DEFAULT_GRID_PINPOINTS
+    )
