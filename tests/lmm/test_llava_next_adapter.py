@@ -177,3 +177,11 @@ def test_errors_name_the_fix(tiny):
     }
     with pytest.raises(ValueError, match="LlavaNextImageProcessor"):
         adapter.extract(bad)
+
+
+def test_mistral_longer_than_its_sliding_window_is_refused(tmp_path):
+    adapter = _adapter(tiny_llava_next(tmp_path, decoder="mistral"))
+    # Every layer's attention module reads this one config object.
+    adapter.lmm.language_model.config.sliding_window = 8
+    with pytest.raises(ValueError, match="sliding window"):
+        adapter.extract(_sample(adapter, _image(30, 70)))
