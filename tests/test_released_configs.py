@@ -1,4 +1,4 @@
-"""The six released configs: original file names, the reference recipes, and that each one builds
+"""The ten released configs: original file names, the reference recipes, and that each one builds
 the right head and a working data pipeline once its LMM is swapped for a tiny one.
 
 Real LMMs and SAM weights are never loaded here: `tiny_overrides` replaces `cfg.model.lmm` with
@@ -28,7 +28,7 @@ class Leaf:
 
     path: str
     head: str  # "hg" (HG head) or "unet_sam" (U-Net+SAM head)
-    lmm: str  # "1.3b", "7b" (DeepSeek-VL styles) or "llava"
+    lmm: str  # "1.3b", "7b" (DeepSeek-VL styles), "llava", "llava_next_vicuna"/"_mistral"
     model_path: str
     max_epochs: int
     batch_size: int
@@ -39,10 +39,12 @@ class Leaf:
         return Path(self.path).stem
 
 
-DS13, DS7, LLAVA = (
+DS13, DS7, LLAVA, NEXT_V, NEXT_M = (
     "deepseek-ai/deepseek-vl-1.3b-chat",
     "deepseek-ai/deepseek-vl-7b-chat",
     "llava-hf/llava-1.5-7b-hf",
+    "llava-hf/llava-v1.6-vicuna-7b-hf",
+    "llava-hf/llava-v1.6-mistral-7b-hf",
 )
 # HG-LMM's configs: 4 epochs, batch 1, lr 1e-4. F-LMM's: 8 epochs, batch 1, lr 1e-4, except the
 # 1.3B model (batch 2, lr 2e-4).
@@ -79,6 +81,30 @@ LEAVES = [
         1,
         1e-4,
     ),
+    *(
+        Leaf(
+            f"llava_next/frozen_llava_next_{d}_7b_unet_sam_l_refcoco_png.py",
+            "unet_sam",
+            f"llava_next_{d}",
+            path,
+            8,
+            1,
+            1e-4,
+        )
+        for d, path in (("vicuna", NEXT_V), ("mistral", NEXT_M))
+    ),
+    *(
+        Leaf(
+            f"llava_next/hg_frozen_llava_next_{d}_7b_refcoco_png.py",
+            "hg",
+            f"llava_next_{d}",
+            path,
+            4,
+            1,
+            1e-4,
+        )  # fmt: skip
+        for d, path in (("vicuna", NEXT_V), ("mistral", NEXT_M))
+    ),
 ]
 LEAF_IDS = [leaf.id for leaf in LEAVES]
 
@@ -95,6 +121,10 @@ def expected_prompt(leaf: Leaf) -> str:
         from hg_lmm.lmm.llava import TRAIN_PROMPT
 
         return TRAIN_PROMPT
+    if leaf.lmm.startswith("llava_next_"):
+        from hg_lmm.lmm.llava_next import llava_next_train_prompt
+
+        return llava_next_train_prompt(leaf.lmm.removeprefix("llava_next_"))
     from hg_lmm.lmm.deepseek_vl.configuration import MultiModalityConfig
     from hg_lmm.lmm.deepseek_vl.processing import deepseek_vl_train_prompt
 
@@ -120,10 +150,23 @@ def tiny_overrides(cfg, leaf: Leaf, tiny_dir: Path, toy_root: Path):
         tiny_deepseek_vl_adapter,
         tiny_deepseek_vl_tokenizer,
     )
+    from hg_lmm.testing.tiny_llava_next import (
+        tiny_llava_next_adapter,
+        tiny_llava_next_tokenizer,
+    )
     from hg_lmm.testing.tiny_models import tiny_llava_adapter, tiny_llava_tokenizer
     from hg_lmm.testing.tiny_sam import tiny_sam
 
-    if leaf.lmm == "llava":
+    if leaf.lmm.startswith("llava_next_"):
+        decoder = leaf.lmm.removeprefix("llava_next_")
+        cache = str(tiny_dir / leaf.lmm)
+        grid = cfg.model.lmm.attention_grid  # the released reading, on the tiny model
+        lmm = dict(
+            type=tiny_llava_next_adapter, decoder=decoder, attention_grid=grid, cache_dir=cache
+        )
+        tokenizer = dict(type=tiny_llava_next_tokenizer, decoder=decoder, cache_dir=cache)
+        prompt = None  # the template does not depend on the model size: keep the config's
+    elif leaf.lmm == "llava":
         cache = str(tiny_dir / "llava")
         lmm = dict(type=tiny_llava_adapter, cache_dir=cache)
         tokenizer = dict(type=tiny_llava_tokenizer, cache_dir=cache)
@@ -163,6 +206,7 @@ def test_recipe(leaf):
     from hg_lmm.heads.unet_sam import SAMRefiner, UNetMaskHead, UNetSAMHead, build_sam
     from hg_lmm.lmm.deepseek_vl.adapter import build_deepseek_vl_adapter
     from hg_lmm.lmm.llava import build_llava_adapter
+    from hg_lmm.lmm.llava_next import build_llava_next_adapter
     from hg_lmm.model import GroundingModel
     from hg_lmm.utils.build import build
     from hg_lmm.utils.loops import EpochsAsItersTrainLoop
@@ -171,6 +215,11 @@ def test_recipe(leaf):
     model = cfg.model
     assert model.type is GroundingModel
     builder = build_llava_adapter if leaf.lmm == "llava" else build_deepseek_vl_adapter
+    if leaf.lmm.startswith("llava_next_"):
+        builder = build_llava_next_adapter
+        assert model.lmm.template == leaf.lmm.removeprefix("llava_next_")
+        # F-LMM's reading for its U-Net head; the HG head needs the fixed base grid.
+        assert model.lmm.attention_grid == ("base" if leaf.head == "hg" else "fine")
     assert model.lmm.type is builder
     assert model.lmm.model_path == leaf.model_path
     assert model.lmm.torch_dtype == "bfloat16"

@@ -143,6 +143,11 @@ class FrozenLMMAdapter(nn.Module, ABC):
         image_embeds, vision = self.encode_images(pixel_values)
         return image_embeds[0], vision[0]
 
+    def collate_pixels(self, pixels: Sequence[torch.Tensor], metas: Sequence[dict]) -> Any:
+        """The `pixel_values` argument of `features_batch` for B samples: [B, 3, S, S]. An LMM
+        whose images differ in size per sample overrides it (LLaVA-NeXT keeps a list)."""
+        return torch.stack(list(pixels))
+
     def _pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return pixel_values.to(self.device, self.dtype)
 
@@ -297,7 +302,7 @@ class FrozenLMMAdapter(nn.Module, ABC):
         if not prepared:
             return []
         ids, mids, pixels, metas, queries = zip(*prepared)
-        tensors = self.features_batch(ids, torch.stack(pixels), queries, dtype)
+        tensors = self.features_batch(ids, self.collate_pixels(pixels, metas), queries, dtype)
         return [
             LMMFeatures(
                 attn=attn,

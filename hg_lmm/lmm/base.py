@@ -25,6 +25,10 @@ class LMMDims:
       vision_channels: C, width of each projected vision feature (the LMM's projector output).
       vision_layers: the vision-tower blocks (0-based) whose projected outputs form `vision`.
       image_size: S, side of the square `pixel_values` the vision tower receives.
+      attn_maps: M, attention maps per layer and head (1; 2 for LLaVA-NeXT: its coarse and fine
+        image grids, F-LMM's reading). `attn` then holds M*L "layers", group-major.
+      fixed_grid: whether `attn` always lies on the g x g grid (False: LLaVA-NeXT read on its
+        fine grid, whose size follows each image's aspect ratio; g is then the coarse grid).
     """
 
     num_layers: int
@@ -34,11 +38,13 @@ class LMMDims:
     vision_channels: int
     vision_layers: tuple[int, ...]
     image_size: int
+    attn_maps: int = 1
+    fixed_grid: bool = True
 
     @property
     def attn_channels(self) -> int:
-        """L * H: channels of one phrase's stacked attention maps."""
-        return self.num_layers * self.num_heads
+        """M * L * H: channels of one phrase's stacked attention maps."""
+        return self.attn_maps * self.num_layers * self.num_heads
 
     @property
     def num_image_tokens(self) -> int:
@@ -50,7 +56,8 @@ class LMMFeatures:
     """Frozen-LMM features of one sample, restricted to its T caption (or answer) tokens.
 
     Fields:
-      attn: [L, H, T, g, g] attention probabilities from caption tokens to the image tokens;
+      attn: [L, H, T, g, g] attention probabilities from caption tokens to the image tokens
+        ([M*L, H, T, h, w] for an LMM with `LMMDims.attn_maps` M, e.g. LLaVA-NeXT);
         None once a head's `prepare_features` has replaced it by `attn_prior`.
       hidden: [L, T, D] hidden states (HF `hidden_states[1:]`, the last one after the final norm).
       vision: [V, N, C] multi-layer vision features through the LMM's own projector.
@@ -94,7 +101,7 @@ def check_features(
     n = int(f.mask_ids.max()) + 1 if f.mask_ids.numel() else 0
     v = num_vision_layers if num_vision_layers is not None else f.vision.shape[0]
     expected = {
-        "attn": (d.num_layers, d.num_heads, t, d.grid, d.grid),
+        "attn": (d.attn_maps * d.num_layers, d.num_heads, t, d.grid, d.grid),
         "hidden": (d.num_layers, t, d.hidden_size),
         "vision": (v, d.num_image_tokens, d.vision_channels),
         "pixel_values": (3, d.image_size, d.image_size),
@@ -108,9 +115,12 @@ def check_features(
                     f"LMMFeatures has neither attn nor attn_prior, which {owner} reads"
                 )
         shape = tuple(getattr(f, name).shape)
-        if shape != expected[name]:
+        want = expected[name]
+        if not d.fixed_grid and name in ("attn", "attn_prior"):  # any h x w grid
+            shape, want = shape[:-2] + (-1, -1), want[:-2] + (-1, -1)
+        if shape != want:
             raise ValueError(
                 f"LMMFeatures.{name} has shape {shape}, but {owner} built for {d} expects "
-                f"{expected[name]} (T = len(mask_ids), n = its phrases); check the adapter's "
+                f"{want} (T = len(mask_ids), n = its phrases); check the adapter's "
                 "output or build the head from that adapter's dims"
             )

@@ -6,7 +6,9 @@ or answer tokens) over the N image columns, plus those rows' hidden states: O(L*
 O(L*H*T^2), and `output_hidden_states=True` keeps every position of every layer.
 
 `RowCapture` leaves the decoder's own attention (SDPA, flash or eager) untouched and records,
-with forward hooks on the public submodules of each `LlamaAttention` (transformers 4.39.1):
+with forward hooks on the public submodules of each `LlamaAttention` or `MistralAttention`
+(transformers 4.39.1; Mistral's RoPE table is indexed by position, and its sliding window must
+cover the sequence):
 
 - the query projection's output at the requested rows, with RoPE applied by the module's own
   `rotary_emb` at the positions the module received;
@@ -36,6 +38,7 @@ from transformers.models.llama.modeling_llama import (
     apply_rotary_pos_emb,
     repeat_kv,
 )
+from transformers.models.mistral.modeling_mistral import MistralAttention
 
 
 @dataclass
@@ -94,8 +97,9 @@ class RowCapture:
         bad = [type(layer.self_attn).__name__ for layer in layers if not _is_llama(layer)]
         if not layers or bad or not hasattr(decoder, "norm"):
             raise TypeError(
-                "RowCapture needs a transformers LlamaModel (layers[i].self_attn a "
-                f"LlamaAttention, a final `norm`); got {type(decoder).__name__} {bad}"
+                "RowCapture needs a transformers LlamaModel or MistralModel (layers[i].self_attn a "
+                f"LlamaAttention or MistralAttention, a final `norm`); got "
+                f"{type(decoder).__name__} {bad}"
             )
         self.layers = layers
         self.norm = decoder.norm
@@ -204,7 +208,7 @@ class RowCapture:
         q = call.q.view(batch, num_rows, heads, head_dim).transpose(1, 2)
         # The module's own RoPE at the positions it was given; rows are picked afterwards so
         # that position-dependent variants (dynamic NTK) see what the module saw.
-        cos, sin = module.rotary_emb(q, call.position_ids)
+        cos, sin = _rotary(module, q, call.position_ids)
         q, _ = apply_rotary_pos_emb(
             q, q, _gather_rows(cos, call.rows), _gather_rows(sin, call.rows)
         )
@@ -216,6 +220,13 @@ class RowCapture:
         else:
             keys = call.k.view(batch, -1, module.num_key_value_heads, head_dim).transpose(1, 2)
             keys, _ = apply_rotary_pos_emb(keys, keys, cos, sin)
+        window = getattr(module.config, "sliding_window", None)
+        if isinstance(module, MistralAttention) and window and keys.shape[2] > window:
+            # The causal mask below has no window; past it the records would not be the model's.
+            raise ValueError(
+                f"sequence of {keys.shape[2]} tokens is longer than Mistral's sliding window "
+                f"({window}); RowCapture computes full causal attention, shorten the input"
+            )
         keys = repeat_kv(keys, module.num_key_value_groups)
         scores = torch.matmul(q, keys.transpose(2, 3)) / math.sqrt(head_dim)
         key_pos = torch.arange(keys.shape[2], device=keys.device)
@@ -235,4 +246,15 @@ class RowCapture:
 
 
 def _is_llama(layer: nn.Module) -> bool:
-    return isinstance(getattr(layer, "self_attn", None), LlamaAttention)
+    return isinstance(getattr(layer, "self_attn", None), (LlamaAttention, MistralAttention))
+
+
+def _rotary(
+    module: nn.Module, x: torch.Tensor, position_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) [1 or B, T, d] at `position_ids` from the module's own rotary embedding: Llama's
+    takes the positions, Mistral's returns a table up to `seq_len` that is indexed by them."""
+    if isinstance(module, MistralAttention):
+        cos, sin = module.rotary_emb(x, seq_len=int(position_ids.max()) + 1)
+        return cos[position_ids], sin[position_ids]
+    return module.rotary_emb(x, position_ids)

@@ -97,6 +97,11 @@ def hg_geometry(dims: LMMDims) -> HGGeometry:
     for name in ("num_layers", "num_heads", "hidden_size", "grid", "vision_channels", "image_size"):
         if getattr(dims, name) < 1:
             raise ValueError(f"LMMDims.{name} must be positive, got {getattr(dims, name)}")
+    if not dims.fixed_grid:
+        raise ValueError(
+            "the HG head needs the attention on one fixed g x g grid, but these LMMDims read it on "
+            "a per-image grid; build the LLaVA-NeXT adapter with attention_grid='base'"
+        )
     if dims.vision_channels < 16:
         raise ValueError(
             f"LMMDims.vision_channels={dims.vision_channels} is too small for the HG head: "

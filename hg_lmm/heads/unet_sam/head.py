@@ -85,8 +85,9 @@ class UNetSAMHead(MaskHead):
         in_channels = getattr(self.mask_head, "in_channels", dims.attn_channels)
         if in_channels != dims.attn_channels:
             raise ValueError(
-                f"mask_head takes {in_channels} input channels but the LMM gives L*H = "
-                f"{dims.num_layers}*{dims.num_heads} = {dims.attn_channels}; build it from the dims"
+                f"mask_head takes {in_channels} input channels but the LMM gives M*L*H = "
+                f"{dims.attn_maps}*{dims.num_layers}*{dims.num_heads} = {dims.attn_channels}; "
+                "build it from the dims"
             )
         # Initialised to 1.0 as in the reference: softmax starts uniform over layers.
         self.text_layer_weights = nn.Parameter(torch.ones(dims.num_layers))
