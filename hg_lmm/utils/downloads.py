@@ -80,7 +80,6 @@ class HubModel:
 
 
 _GDRIVE = "(Google Drive)"
-_LLAVA_NEXT = "LLaVA-NeXT is not implemented in this project yet (no adapter under hg_lmm/lmm/)"
 _MGM = (
     "Mini-Gemini is not implemented in this project yet: it needs a weight-compatible MGM (CLIP-L "
     "and ConvNeXt towers, patch-info mining, Gemma / LLaMA decoders) under hg_lmm/lmm/"
@@ -155,14 +154,12 @@ ARTIFACTS: tuple[Artifact, ...] = (
         "configs/llava_next/frozen_llava_next_vicuna_7b_unet_sam_l_refcoco_png.py",
         "1N-olLqhZdPEySt8Asu2cvLJBaL1VHTqa",
         "U-Net+SAM head (F-LMM) for LLaVA-NeXT-Vicuna-7B",
-        unsupported=_LLAVA_NEXT,
     ),
     _head(
         "llava_next_mistral_7b",
         "configs/llava_next/frozen_llava_next_mistral_7b_unet_sam_l_refcoco_png.py",
         "13rHaEZ62Q-VX5iKhOQnlm4yH1TMOBalH",
         "U-Net+SAM head (F-LMM) for LLaVA-NeXT-Mistral-7B",
-        unsupported=_LLAVA_NEXT,
     ),
     _head(
         "mgm_gemma_2b",
@@ -224,6 +221,16 @@ HUB_MODELS: tuple[HubModel, ...] = (
         name="lmm_llava_1_5_7b",
         repo_id="llava-hf/llava-1.5-7b-hf",
         config="configs/_base_/models/llava_1_5_vicuna_7b.py",
+    ),
+    HubModel(
+        name="lmm_llava_next_vicuna_7b",
+        repo_id="llava-hf/llava-v1.6-vicuna-7b-hf",
+        config="configs/_base_/models/llava_next_vicuna_7b.py",
+    ),
+    HubModel(
+        name="lmm_llava_next_mistral_7b",
+        repo_id="llava-hf/llava-v1.6-mistral-7b-hf",
+        config="configs/_base_/models/llava_next_mistral_7b.py",
     ),
 )
 
