@@ -29,6 +29,17 @@ _LANGUAGE = dict(
     torch_dtype="bfloat16",
 )
 _SIGLIP = dict(image_size=384, model_name="siglip_large_patch16_384", select_feature="same")
+# The CLIP-L/14-336 vision tower of LLaVA-1.5 and LLaVA-NeXT (CLIPVisionConfig arguments).
+CLIP_L_336 = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=336,
+    patch_size=14,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+)
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
@@ -116,16 +127,7 @@ def llava_1_5_7b_config(tokenizer: Any) -> Any:
     """llava-hf/llava-1.5-7b-hf's LlavaConfig, with the special-token ids of `tokenizer`."""
     from hg_lmm.testing.tiny_models import llava_config
 
-    vision = dict(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-        hidden_act="quick_gelu",
-    )
+    vision = dict(CLIP_L_336)
     text = dict(
         vocab_size=32064,
         hidden_size=4096,

@@ -174,17 +174,9 @@ def llava_next_7b_config(tokenizer, decoder: str):
     or Mistral-7B-Instruct-v0.2, vocabulary 32064 / 32064), with the special-token ids of
     `tokenizer`; for meta-device key lists and benchmarks at the real shapes."""
     from hg_lmm.lmm.llava_next.processing import DEFAULT_GRID_PINPOINTS
+    from hg_lmm.testing.real_shapes import CLIP_L_336
 
-    vision = dict(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-        hidden_act="quick_gelu",
-    )
+    vision = dict(CLIP_L_336)
     text = dict(
         vocab_size=32064,
         hidden_size=4096,
