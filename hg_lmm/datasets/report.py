@@ -5,7 +5,7 @@ afresh every epoch, so a warning logged where the problem is found repeats every
 process sees all of them. Instead, whoever finds a problem (`SkipBadSamples` for a sample that
 cannot be loaded, `TokenizePieces` for a phrase it drops) attaches a `DataNote` to the sample it
 returns (`sample.extra["data_notes"]`). The note travels with the batch to the main process,
-where `DataReport` (driven by `hg_lmm.utils.hooks.DataReportHook`) logs each distinct problem
+where `DataReport` (driven by `hg_lmm.engine.hooks.DataReportHook`) logs each distinct problem
 once and writes a summary with counts.
 
 Outside DataLoader workers the finder logs the first occurrence itself (and marks the note as
