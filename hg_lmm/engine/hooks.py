@@ -86,7 +86,8 @@ class DataReportHook(Hook):
     Problems (a sample that could not be loaded, a phrase dropped by the training policy of
     `TokenizePieces`) travel with the batch as `DataNote`s, also from DataLoader workers, which
     start afresh every epoch and so cannot remember what they already reported
-    (`hg_lmm.datasets.report`). The counts are per process (each rank reports its own samples).
+    (`hg_lmm.datasets.report`). Each rank reports its own samples; with several ranks, rank 0
+    also logs the report summed over all of them (the sampler gives each rank other samples).
     """
 
     priority = "NORMAL"
@@ -105,6 +106,15 @@ class DataReportHook(Hook):
                 self.report.add(note, log=runner.logger.warning)
 
     def after_train(self, runner) -> None:
+        from mmengine.dist import all_gather_object, get_world_size
+
         summary = self.report.summary()
         if summary:
             runner.logger.warning(summary)
+        world_size = get_world_size()
+        if world_size > 1:
+            # Every rank takes part in the gather, also one that met no problem.
+            reports = all_gather_object(self.report)
+            total = type(self.report).merged(reports).summary(f"all {world_size} processes")
+            if total and runner.rank == 0:
+                runner.logger.warning(total)
