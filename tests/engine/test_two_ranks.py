@@ -175,6 +175,13 @@ def test_two_ranks_shard_the_data_and_save_every_rank(two_rank, kind):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="open finding (issue 23): with 2 ranks on CPU the killed-and-resumed run ends with "
+    "other weights than the uninterrupted one, for ZeRO-2 and for DDP (one rank is exact, "
+    "tests/test_train.py); the kill, the resume from the checkpoint and the RNG-state restore "
+    "run; the cause is not found yet",
+)
 @pytest.mark.parametrize("kind", KINDS)
 def test_killed_two_rank_run_resumes_to_identical_weights(two_rank, kind):
     run = two_rank(kind)
