@@ -241,8 +241,8 @@ hub = MessageHub.get_instance("ds_cpu")
 hub.update_scalar("train/loss", losses[-1])
 # What RNGStateHook adds before a save; FlexibleRunner.resume loads the hub back.
 from hg_lmm.utils.checkpoint import deepspeed_model_file
-from hg_lmm.utils.hooks import RNG_STATES_KEY
-from hg_lmm.utils.rng import rng_state, set_rng_state
+from hg_lmm.engine.checkpointing import RNG_STATES_KEY
+from hg_lmm.engine.rng import rng_state, set_rng_state
 hub.update_info(RNG_STATES_KEY, [rng_state()])
 after_save = torch.rand(4)
 # As FlexibleRunner.save_checkpoint calls it.

@@ -202,6 +202,7 @@ def test_recipe(leaf):
     from hg_lmm.datasets.collate import concat_datasets, list_collate
     from hg_lmm.datasets.layout import png_dataset, refcoco_dataset
     from hg_lmm.datasets.transforms import TokenizePieces
+    from hg_lmm.engine.loops import EpochsAsItersTrainLoop
     from hg_lmm.heads.hg import HGHead
     from hg_lmm.heads.unet_sam import SAMRefiner, UNetMaskHead, UNetSAMHead, build_sam
     from hg_lmm.lmm.deepseek_vl.adapter import build_deepseek_vl_adapter
@@ -209,7 +210,6 @@ def test_recipe(leaf):
     from hg_lmm.lmm.llava_next import build_llava_next_adapter
     from hg_lmm.model import GroundingModel
     from hg_lmm.utils.build import build
-    from hg_lmm.utils.loops import EpochsAsItersTrainLoop
 
     cfg = load_leaf(leaf)
     model = cfg.model

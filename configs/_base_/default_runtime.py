@@ -2,13 +2,12 @@
 # (xtuner/mmengine default to ./work_dirs/<config name>).
 from mmengine.hooks import DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 
-from hg_lmm.utils.hooks import (
+from hg_lmm.engine.checkpointing import (
     AtomicCheckpointHook,
-    DataReportHook,
-    ProgressHook,
     RNGStateHook,
     WeightsOnlyCheckpointHook,
 )
+from hg_lmm.engine.hooks import DataReportHook, ProgressHook
 
 save_steps = 500
 save_total_limit = 2

@@ -3,7 +3,7 @@
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from torch.optim import AdamW
 
-from hg_lmm.utils.loops import EpochsAsItersTrainLoop
+from hg_lmm.engine.loops import EpochsAsItersTrainLoop
 
 lr = 1e-4
 weight_decay = 0.01

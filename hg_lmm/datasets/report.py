@@ -5,7 +5,7 @@ afresh every epoch, so a warning logged where the problem is found repeats every
 process sees all of them. Instead, whoever finds a problem (`SkipBadSamples` for a sample that
 cannot be loaded, `TokenizePieces` for a phrase it drops) attaches a `DataNote` to the sample it
 returns (`sample.extra["data_notes"]`). The note travels with the batch to the main process,
-where `DataReport` (driven by `hg_lmm.utils.hooks.DataReportHook`) logs each distinct problem
+where `DataReport` (driven by `hg_lmm.engine.hooks.DataReportHook`) logs each distinct problem
 once and writes a summary with counts.
 
 Outside DataLoader workers the finder logs the first occurrence itself (and marks the note as
@@ -87,16 +87,27 @@ class DataReport:
         if not note.logged:
             (log or logger.warning)(f"{note.message} ({note.kind}; reported once)")
 
-    def summary(self) -> str | None:
+    @classmethod
+    def merged(cls, reports: list[DataReport]) -> DataReport:
+        """One report over several (the ranks of a run): counts add up, and a sample or phrase
+        that several ranks met counts once among the distinct ones."""
+        total = cls()
+        for report in reports:
+            total.times.update(report.times)
+            for kind, seen in report.distinct.items():
+                total.distinct.setdefault(kind, {}).update(seen)
+        return total
+
+    def summary(self, scope: str = "this process") -> str | None:
         """One line per kind, e.g. '4 samples could not be loaded ... (24 times in all)'; None
-        when there was no problem."""
+        when there was no problem. `scope` names whose problems these are."""
         lines = []
         for kind, seen in self.distinct.items():
             what = KINDS.get(kind, kind)
             lines.append(f"{len(seen)} {what} ({self.times[kind]} times in all)")
         if not lines:
             return None
-        return "data report of this process: " + "; ".join(lines)
+        return f"data report of {scope}: " + "; ".join(lines)
 
 
 __all__ = [

@@ -456,3 +456,23 @@ def test_reasonseg_json_without_image_is_named(fresh_toy):
     with pytest.raises(MissingFileError, match="1 ReasonSeg annotation.* have no image") as e:
         ReasonSegDataset(root=root)
     assert os.path.basename(image)[: -len(".jpg")] + ".json" in str(e.value)
+
+
+def test_reports_of_several_ranks_add_up():
+    from hg_lmm.datasets.report import DataNote, DataReport
+
+    one, two = DataReport(), DataReport()
+    for key in ("a", "b", "a"):
+        one.add(DataNote("skipped_sample", key, f"bad {key}", logged=True))
+    for key in ("b", "c"):
+        two.add(DataNote("skipped_sample", key, f"bad {key}", logged=True))
+    two.add(DataNote("empty_mask", "p", "empty p", logged=True))
+    total = DataReport.merged([one, two])
+    assert sorted(total.distinct["skipped_sample"]) == ["a", "b", "c"]  # b met by both: once
+    assert total.times == {"skipped_sample": 5, "empty_mask": 1}
+    assert total.summary("all 2 processes") == (
+        "data report of all 2 processes: 3 samples could not be loaded and were replaced by the "
+        "next good one (5 times in all); 1 phrases were dropped because their ground-truth mask "
+        "is empty (1 times in all)"
+    )
+    assert one.times == {"skipped_sample": 3}  # the inputs are left as they were

@@ -12,8 +12,8 @@ from mmengine.registry import LOOPS
 from mmengine.runner import IterBasedTrainLoop
 from mmengine.runner.loops import _InfiniteDataloaderIterator
 
+from hg_lmm.engine.checkpointing import RNG_STATES_KEY, RNGStateHook
 from hg_lmm.utils.checkpoint import CheckpointError, check_checkpoint_file
-from hg_lmm.utils.hooks import RNG_STATES_KEY, RNGStateHook
 
 
 def resume_source(runner) -> str | None:
@@ -55,7 +55,7 @@ class _RestoreRNGAfter:
 
     def __next__(self) -> Any:
         if self._left == 0 and self._state is not None:
-            from hg_lmm.utils.rng import set_rng_state
+            from hg_lmm.engine.rng import set_rng_state
 
             set_rng_state(self._state)
             self._state = None
