@@ -9,8 +9,9 @@
 3. trains with `scripts/train.py` (xtuner's training, with its exit status; progress bar,
    checkpoints, learning curve);
 4. evaluates the last checkpoint the same way;
-5. writes `<work-dir>/metrics.json` (both evaluations, the learning curve) and
-   `<work-dir>/predictions.png` (image, ground truth and prediction per phrase).
+5. writes `<work-dir>/metrics.json` (both evaluations, the learning curve),
+   `<work-dir>/predictions.png` (image, ground truth and prediction per phrase) and
+   `<work-dir>/learning_curve.png` (loss terms and learning rate against the iteration).
 """
 
 from __future__ import annotations
@@ -174,7 +175,12 @@ def main() -> None:
 
     grid = work_dir / "predictions.png"
     prediction_grid(args, trained_ckpt, grid, args.grid_rows)
-    curve = json.loads((train_dir / "learning_curve.json").read_text())
+    from hg_lmm.engine.curves import CURVE_JSON, CURVE_PNG, plot_curve, read_curve
+
+    curve = read_curve(train_dir / CURVE_JSON)
+    curve_png = plot_curve(
+        curve, work_dir / CURVE_PNG, title=f"make demo: {Path(args.config).name} on toy data"
+    )
     metrics = {
         "eval_split": EVAL_SPLIT,
         "untrained": before,
@@ -194,7 +200,10 @@ def main() -> None:
         f"\n[demo] {EVAL_SPLIT} cIoU: untrained {before['cIoU']:.2f} -> trained {after['cIoU']:.2f}"
         f"  (mIoU {before['mIoU']:.2f} -> {after['mIoU']:.2f})"
     )
-    print(f"[demo] wrote {work_dir / 'metrics.json'} and {grid}; {metrics['total_seconds']:.0f} s")
+    print(
+        f"[demo] wrote {work_dir / 'metrics.json'}, {grid} and {curve_png}; "
+        f"{metrics['total_seconds']:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -40,6 +40,26 @@ def run_dir(tmp_path_factory):
     return cwd
 
 
+def _check_curves(wd: Path, n_iters: int) -> None:
+    """learning_curve.json has a point every 2 iterations with the loss terms and the learning
+    rate, it is drawn as learning_curve.png, and TensorBoard's event file holds the losses."""
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points = json.loads((wd / "learning_curve.json").read_text())["points"]
+    assert [p["iter"] for p in points] == list(range(2, n_iters + 1, 2))
+    assert all({"loss", "lr"} <= p.keys() and p["lr"] > 0 for p in points), points
+    # The tiny config's schedule: warm-up over by iteration 2, then the cosine decay.
+    lrs = [p["lr"] for p in points]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0] <= 1e-3, lrs
+    with Image.open(wd / "learning_curve.png") as image:
+        assert image.format == "PNG" and image.size == (700, 550)
+    events = list(wd.glob("*/vis_data/events.out.tfevents.*"))
+    assert len(events) == 1, list(wd.rglob("*"))
+    tags = EventAccumulator(str(events[0])).Reload().Tags()["scalars"]
+    assert {"loss", "lr"} <= set(tags), tags
+
+
 @pytest.mark.slow
 def test_train_checkpoint_and_exact_resume(run_dir):
     from hg_lmm.utils.checkpoint import load_state, read_state_dict
@@ -52,7 +72,9 @@ def test_train_checkpoint_and_exact_resume(run_dir):
         (run_dir / "data/toy/coco/train2017" / name).write_bytes(b"not a jpeg")
     opts = ["--cfg-options", "default_hooks.checkpoint.interval=2"]
     once = ["train_cfg.max_epochs=2", "randomness.seed=None", "train_dataloader.num_workers=2"]
-    log = _train(run_dir, "--work-dir", "wd", *opts, *once)
+    # The curves: a point every 2 iterations, and the TensorBoard switch (README, Training).
+    curves = ["custom_hooks.0.interval=2", "visualizer.vis_backends.0.type=TensorboardVisBackend"]
+    log = _train(run_dir, "--work-dir", "wd", *opts, *once, *curves)
     n_iters = int(re.findall(r"Saving checkpoint at (\d+) iterations", log)[-1])
     assert n_iters >= 6, log[-2000:]
     skips = [line for line in log.splitlines() if "skipping sample" in line]
@@ -67,6 +89,8 @@ def test_train_checkpoint_and_exact_resume(run_dir):
     assert not list(wd.glob(".*.tmp"))
     for name in ("last_checkpoint", last.name):
         assert (wd / name).stat().st_mode & 0o777 == default_file_mode(), name
+
+    _check_curves(wd, n_iters)
 
     # Our weights-only loader reads the mmengine checkpoint: trainable head state only.
     state = read_state_dict(last)

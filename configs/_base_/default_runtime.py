@@ -1,6 +1,7 @@
 # Runtime pieces shared by every config. `work_dir` is not set here: pass `--work-dir` on the CLI
 # (xtuner/mmengine default to ./work_dirs/<config name>).
 from mmengine.hooks import DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
+from mmengine.visualization import LocalVisBackend, Visualizer
 
 from hg_lmm.engine.checkpointing import (
     AtomicCheckpointHook,
@@ -42,7 +43,12 @@ env_cfg = dict(
     dist_cfg=dict(backend="nccl"),
 )
 
-visualizer = None
+# Logged scalars (losses, learning rate) go to mmengine's visualizer backends, under
+# <work_dir>/<timestamp>/vis_data/: the local backend writes scalars.json. The TensorBoard switch
+# replaces it with mmengine's TensorBoard backend (`tensorboard --logdir <work_dir>`):
+#   --cfg-options visualizer.vis_backends.0.type=TensorboardVisBackend
+# learning_curve.json and its drawing learning_curve.png (ProgressHook) are written either way.
+visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend)])
 log_level = "INFO"
 load_from = None
 resume = False

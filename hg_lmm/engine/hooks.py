@@ -12,6 +12,7 @@ from typing import Any
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from hg_lmm.engine.curves import CURVE_JSON
 from hg_lmm.utils.files import atomic_open
 
 
@@ -19,10 +20,11 @@ from hg_lmm.utils.files import atomic_open
 class ProgressHook(Hook):
     """A tqdm bar over all training iterations (main process only), plus a learning curve.
 
-    Every `interval` iterations the mean of each logged loss term over those iterations is
-    appended to `<work_dir>/learning_curve.json` ({"interval": k, "points": [{"iter": i,
-    "loss": ..., "loss_mask": ..., ...}, ...]}), so the curve survives an interrupted run and is
-    continued (not restarted) on resume.
+    Every `interval` iterations the mean of each logged loss term over those iterations and the
+    learning rate of the last one are appended to `<work_dir>/learning_curve.json`
+    ({"interval": k, "points": [{"iter": i, "loss": ..., "loss_mask": ..., "lr": ...}, ...]}), so
+    the curve survives an interrupted run and is continued (not restarted) on resume. When
+    training ends it is drawn as `<work_dir>/learning_curve.png` (`hg_lmm.engine.curves`).
 
     Arguments:
       interval: iterations per learning-curve point.
@@ -38,7 +40,7 @@ class ProgressHook(Hook):
         self._points: list[dict[str, float]] = []
 
     def _path(self, runner) -> str:
-        return os.path.join(runner.work_dir, "learning_curve.json")
+        return os.path.join(runner.work_dir, CURVE_JSON)
 
     def before_train(self, runner) -> None:
         if os.path.isfile(self._path(runner)):
@@ -68,6 +70,9 @@ class ProgressHook(Hook):
         if self._count == self.interval:
             point = {"iter": runner.iter + 1}
             point.update({k: v / self._count for k, v in sorted(self._sums.items())})
+            lr = _current_lr(runner)
+            if lr is not None:
+                point["lr"] = lr
             self._points.append(point)
             self._sums, self._count = {}, 0
             if runner.rank == 0:
@@ -77,6 +82,21 @@ class ProgressHook(Hook):
     def after_train(self, runner) -> None:
         if self._bar is not None:
             self._bar.close()
+        if runner.rank == 0 and self._points:
+            from hg_lmm.engine.curves import CURVE_PNG, plot_curve
+
+            out = plot_curve(
+                {"interval": self.interval, "points": self._points},
+                os.path.join(runner.work_dir, CURVE_PNG),
+            )
+            runner.logger.info(f"learning curve drawn in {out}")
+
+
+def _current_lr(runner) -> float | None:
+    """The learning rate of the iteration just run (of the first parameter group), as mmengine's
+    `RuntimeInfoHook` put it into the message hub before the iteration; None if absent."""
+    scalar = runner.message_hub.log_scalars.get("train/lr")
+    return None if scalar is None else float(scalar.current())
 
 
 @HOOKS.register_module(force=True)
