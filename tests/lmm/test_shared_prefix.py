@@ -78,9 +78,12 @@ def test_group_equals_the_full_sequence_path(adapter, batch_size):
     samples = _samples(adapter)
     full = adapter.extract_batch(samples)
     groups = []
-    assert vision_calls(
-        adapter, lambda: groups.append(adapter.extract_group(samples, batch_size=batch_size))
-    ) == 1
+    assert (
+        vision_calls(
+            adapter, lambda: groups.append(adapter.extract_group(samples, batch_size=batch_size))
+        )
+        == 1
+    )
     _assert_same(groups[0], full)
     # ... and the eager reference (every attention map of the whole sequence), one by one.
     with eager_reference(adapter):
