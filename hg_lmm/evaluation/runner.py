@@ -130,6 +130,24 @@ def add_save_vis_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_sharing_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--no-share` and `--batch-size N` (`EvalRunner.batch_size` resolves the default)."""
+    parser.add_argument(
+        "--no-share",
+        action="store_true",
+        help="run every caption through the whole model (vision tower, prompt, SAM encoder), as "
+        "before; by default the samples of one image share that frozen work",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="captions (shared) or samples (--no-share) per frozen forward; default 16 on a GPU, "
+        "on CPU all of one image's at once",
+    )
+
+
 def default_work_dir(config: str | None, fallback: str = "eval") -> str:
     """work_dirs/<config file stem> (xtuner/mmengine's convention), or work_dirs/<fallback>."""
     stem = Path(config).stem if config else fallback
@@ -297,6 +315,17 @@ class EvalRunner:
                 unsafe=getattr(args, "unsafe_load", False),
                 device=self.accelerator.device,
             )
+
+    @property
+    def batch_size(self) -> int | None:
+        """`--batch-size`, or `default_batch_size` of this run's device."""
+        given = getattr(self.args, "batch_size", None)
+        return given if given is not None else default_batch_size(self.accelerator.device)
+
+    @property
+    def share(self) -> bool:
+        """Whether the samples of one image share its frozen work (not `--no-share`)."""
+        return not getattr(self.args, "no_share", False)
 
     @property
     def rank(self) -> int:
@@ -574,10 +603,11 @@ def _batches(
         yield batch
 
 
-def default_batch_size(device: torch.device | str) -> int:
-    """`--batch-size` when none is given: 16 captions per frozen pass on a GPU, 4 on CPU (where
-    batching gains little, README "Performance")."""
-    return 16 if torch.device(device).type == "cuda" else 4
+def default_batch_size(device: torch.device | str) -> int | None:
+    """`--batch-size` when none is given: 16 captions per frozen pass on a GPU; on CPU, where
+    batching gains little (README "Performance"), None: the samples of one image in one pass
+    and images one at a time."""
+    return 16 if torch.device(device).type == "cuda" else None
 
 
 def make_tokenize(model: Any) -> Any:
@@ -600,6 +630,7 @@ __all__ = [
     "DEFAULT_DATA_ROOT",
     "EvalRunner",
     "add_save_vis_argument",
+    "add_sharing_arguments",
     "check_output_dir",
     "default_batch_size",
     "default_work_dir",
