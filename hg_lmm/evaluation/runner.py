@@ -5,7 +5,9 @@ What it does, once for all benchmarks:
     --num-workers, --data-root, --work-dir, --limit;
   - building the model from an mmengine config and loading the checkpoint (`load_model`);
   - sharding: rank r of w takes dataset indices r, r + w, r + 2w, ... (no sampler padding, so no
-    sample is ever scored twice), on `accelerator.device`, in eval mode, under `torch.no_grad`;
+    sample is ever scored twice), or, where samples share an image, whole images dealt that way
+    (`run_batches` / `run_together` with groups, batches of whole groups), on
+    `accelerator.device`, in eval mode, under `torch.no_grad`;
   - gathering every rank's per-sample results with accelerate's `gather_object`, and checking
     that each index came back exactly once;
   - on rank 0: a printed table and `<work-dir>/<name>_results.json` holding the metrics, the
@@ -494,15 +496,15 @@ class EvalRunner:
         gathered = gather_object(local) if self.world_size > 1 else local
         self._check_coverage(dataset_name, [index for index, _, _ in gathered], num_samples)
         gathered.sort(key=lambda item: item[0])
-        if getattr(self.args, "save_vis", 0) and self.is_main:
-            folder = self.work_dir / "vis" / dataset_name
-            count = min(self.args.save_vis, num_samples)
-            logger.info("%s: overlays of the first %d samples in %s", dataset_name, count, folder)
         return [r for _, _, r in gathered], [rank for _, rank, _ in gathered]
 
     def _record_counts(
         self, dataset_name: str, results: Sequence[Any], ranks: Sequence[int]
     ) -> None:
+        if getattr(self.args, "save_vis", 0) and self.is_main:
+            folder = self.work_dir / "vis" / dataset_name
+            count = min(self.args.save_vis, len(results))
+            logger.info("%s: overlays of the first %d samples in %s", dataset_name, count, folder)
         per_rank = [0] * self.world_size
         for rank in ranks:
             per_rank[rank] += 1
