@@ -220,8 +220,11 @@ class GroundingModel(BaseModel):
         if not data:
             return []
         image = self._head_image(data[0])
-        features = self.lmm.extract_group(data, batch_size=batch_size)
-        return [self._prediction(f, image, sample) for f, sample in zip(features, data)]
+        out, pending = [], iter(data)
+        # One caption pass at a time: its features are used by the head, then dropped.
+        for chunk in self.lmm.iter_group(data, batch_size=batch_size):
+            out += [self._prediction(f, image, next(pending)) for f in chunk]
+        return out
 
     def _prediction(
         self, features: LMMFeatures, image: Any, sample: Mapping[str, Any]

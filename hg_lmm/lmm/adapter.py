@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -265,7 +265,6 @@ class FrozenLMMAdapter(nn.Module, ABC):
         hidden = torch.stack(out.hidden_states[1:])[:, 0, positions]
         return attn.float(), hidden.float(), vision.float()
 
-    @torch.no_grad()
     def features_shared(
         self,
         input_ids: Sequence[torch.Tensor],
@@ -284,39 +283,48 @@ class FrozenLMMAdapter(nn.Module, ABC):
         values do not depend on what follows it (causal attention), so the features are those of
         `features_batch`. Falls back to it, with a log line, where sharing does not apply.
         """
+        chunks = self._shared_chunks(input_ids, pixel_values, queries, dtype, batch_size)
+        return [f for chunk in chunks for f in chunk]
+
+    @torch.no_grad()
+    def _shared_chunks(
+        self,
+        input_ids: Sequence[torch.Tensor],
+        pixel_values: torch.Tensor,
+        queries: Sequence[torch.Tensor],
+        dtype: torch.dtype | None,
+        batch_size: int | None,
+    ) -> Iterator[list[FeatureTensors]]:
+        """`features_shared`, one caption pass (`batch_size` sequences) at a time, so that a
+        caller can use and drop each pass's features before the next is computed."""
         if not (len(input_ids) == len(queries)):
             raise ValueError(f"got {len(input_ids)} token sequences and {len(queries)} queries")
         if not input_ids:
-            return []
+            return
         dtype = dtype or self.dtype
         step = batch_size or len(input_ids)
         prefix, why_not = self._shared_prefix(input_ids, queries)
         if why_not:
             _log_unshared(self, why_not)
             pixels = pixel_values[None]
-            return [
-                f
-                for i in range(0, len(input_ids), step)
-                for f in self.features_batch(
-                    input_ids[i : i + step],
-                    pixels.expand(len(input_ids[i : i + step]), *pixels.shape[1:]),
-                    queries[i : i + step],
-                    dtype,
+            for i in range(0, len(input_ids), step):
+                ids = input_ids[i : i + step]
+                yield self.features_batch(
+                    ids, pixels.expand(len(ids), *pixels.shape[1:]), queries[i : i + step], dtype
                 )
-            ]
+            return
         image_embeds, vision = self.encode_image(self._pixels(pixel_values)[None])
+        vision = vision.to(dtype)
         head = self.embed_inputs(input_ids[0][:prefix].to(self.device), image_embeds)
         decoder = self.language_model.get_decoder()
         past = decoder(inputs_embeds=head.embeds, use_cache=True, return_dict=True).past_key_values
         cache = [(k, v) for k, v in past]  # per layer (keys, values) [1, H_kv, P', d]
         del past
-        out: list[FeatureTensors] = []
         for i in range(0, len(input_ids), step):
-            out += self._caption_pass(
+            rows = self._caption_pass(
                 decoder, cache, head, input_ids[i : i + step], queries[i : i + step], prefix
             )
-        vision = vision.to(dtype)
-        return [(attn.to(dtype), hidden.to(dtype), vision) for attn, hidden in out]
+            yield [(attn.to(dtype), hidden.to(dtype), vision) for attn, hidden in rows]
 
     def _shared_prefix(
         self, input_ids: Sequence[torch.Tensor], queries: Sequence[torch.Tensor]
@@ -430,21 +438,30 @@ class FrozenLMMAdapter(nn.Module, ABC):
         RefCOCO image), with the image's frozen work done once (`features_shared`): the first
         sample's `image` (or `pixel_values` + `meta`) stands for all. `batch_size` captions run
         per decoder pass (None: all)."""
+        return [f for chunk in self.iter_group(samples, dtype, batch_size) for f in chunk]
+
+    def iter_group(
+        self,
+        samples: Sequence[dict[str, Any]],
+        dtype: torch.dtype | None = torch.float32,
+        batch_size: int | None = None,
+    ) -> Iterator[list[LMMFeatures]]:
+        """`extract_group`, one caption pass (`batch_size` samples, in order) at a time: a
+        caller that uses and drops each pass's features keeps at most one pass alive."""
         if not samples:
-            return []
+            return
+        step = batch_size or len(samples)
         if not self.shares_prefix:
             _log_unshared(self, "its prompt layout follows each image")
-            step = batch_size or len(samples)
-            return [
-                f
-                for i in range(0, len(samples), step)
-                for f in self.extract_batch(samples[i : i + step], dtype)
-            ]
+            for i in range(0, len(samples), step):
+                yield self.extract_batch(samples[i : i + step], dtype)
+            return
         image = self._prepare(samples[0])[2:4]
         prepared = [self._prepare(sample, image) for sample in samples]
         ids, _, _, _, queries = zip(*prepared)
-        tensors = self.features_shared(ids, image[0], queries, dtype, batch_size)
-        return self._records(tensors, prepared)
+        chunks = self._shared_chunks(ids, image[0], queries, dtype, batch_size)
+        for i, tensors in zip(range(0, len(samples), step), chunks):
+            yield self._records(tensors, prepared[i : i + step])
 
     def _prepare(
         self, sample: dict[str, Any], image: tuple[torch.Tensor, dict] | None = None

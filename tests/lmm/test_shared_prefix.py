@@ -109,6 +109,17 @@ def test_prefix_runs_once_and_captions_in_passes(adapter):
     ).embeds.shape[1]
     tails = [len(s["input_ids"]) - s["caption_start"] for s in samples]
     assert lengths == [(1, prompt), (3, max(tails[:3])), (1, tails[3])]
+    # iter_group hands over one pass at a time (the caller can drop it before the next).
+    lengths.clear()
+    handle = decoder.register_forward_pre_hook(
+        lambda _m, _a, kw: lengths.append(kw["inputs_embeds"].shape[0]), with_kwargs=True
+    )
+    try:
+        passes = adapter.iter_group(samples, batch_size=3)
+        assert len(next(passes)) == 3 and lengths == [1, 3]  # prompt, then the first pass only
+        assert len(next(passes)) == 1 and lengths == [1, 3, 1]
+    finally:
+        handle.remove()
 
 
 def test_unshared_cases_say_so_and_give_the_same_features(adapter, caplog):
