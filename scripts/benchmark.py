@@ -409,7 +409,7 @@ def eval_items(
             for group in groups:  # one image (one sample per split) at a time, as the CLI
                 refseg_batch(
                     model, list(range(len(group))), group, tokenize=tokenize, concat=False,
-                    share=share, batch_size=args.eval_batch_size,
+                    share=share, batch_size=args.eval_batch_size if share else None,
                 )  # fmt: skip
 
     per_split = [[s] for s in refcoco]
@@ -654,7 +654,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         help="mean expressions per image of the eval items (RefCOCO val: 3811 / 1500)",
     )  # fmt: skip
     parser.add_argument(
-        "--eval-batch-size", type=int, help="captions per pass in the eval items (default: all)"
+        "--eval-batch-size",
+        type=int,
+        help="captions per decoder pass of the shared eval items (default: all of an image's); "
+        "the loop keeps the path of before, all of an image's expressions per forward",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument("--out", help="JSON report (default: <cache-dir>/<lmm>.json)")
