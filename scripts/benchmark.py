@@ -656,8 +656,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument(
         "--eval-batch-size",
         type=int,
-        help="captions per decoder pass of the shared eval items (default: all of an image's); "
-        "the loop keeps the path of before, all of an image's expressions per forward",
+        help="captions per decoder pass of the shared eval items (default: the CLIs' CPU "
+        "default, 2); the loop keeps the path of before, all of an image's expressions per forward",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument("--out", help="JSON report (default: <cache-dir>/<lmm>.json)")

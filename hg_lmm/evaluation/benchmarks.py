@@ -37,6 +37,12 @@ REFCOCO_SPLITS: dict[str, tuple[str, str]] = {
     "refcocog_test": ("refcocog", "test"),
 }
 
+# Captions per decoder pass over an image's shared prompt when no --batch-size is given (CPU):
+# batching gains little there, and each pass's features are dropped before the next, so this
+# bounds the peak (README "Performance": with all of an image's captions at once, RefCOCO and
+# RefCOCO+ together peaked at 1.47x the unshared path, with 2 at 1.01x).
+CAPTIONS_PER_PASS = 2
+
 # ReasonSeg: LISA's question suffix that asks for a short object name, which is then grounded.
 REASONSEG_SUFFIX = (
     "Based on the image, answer the name of the object that is most relevant to the answer to "
@@ -67,11 +73,11 @@ def _predict_masks(
     """Bool [n, H, W] masks at the original image size for each (tokenized) sample, on CPU.
 
     share: the samples are of one image, whose frozen work is done once for all
-    (`GroundingModel.predict_group`, `batch_size` captions per decoder pass). Else `batch_size`
-    samples per `predict` call (None: all at once).
+    (`GroundingModel.predict_group`, `batch_size` captions per decoder pass; None:
+    `CAPTIONS_PER_PASS`). Else `batch_size` samples per `predict` call (None: all at once).
     """
     if share:
-        outs = model.predict_group(list(samples), batch_size=batch_size)
+        outs = model.predict_group(list(samples), batch_size=batch_size or CAPTIONS_PER_PASS)
     else:
         step = batch_size or max(len(samples), 1)
         outs = [
@@ -178,10 +184,11 @@ def refseg_records(
     With `concat`, all expressions of the image form one caption and run in one forward (how the
     model trains). Without it, each expression runs as the only phrase of its caption (the
     reference's default). Records are per expression either way, so cIoU and mIoU are
-    comparable between the two modes. With `share` (the default), the image's frozen work (vision
-    tower, prompt, SAM's image encoder) is done once for its expressions, whose captions run
-    over the prompt's KV cache, `batch_size` per pass; without it, every expression runs the
-    whole model (`batch_size` per forward; None: all of the image's in one).
+    comparable between the two modes. With `share` (the default), the image's frozen work
+    (vision tower, prompt, SAM's image encoder) is done once for its expressions, whose
+    captions run over the prompt's KV cache, `batch_size` per pass (None: `CAPTIONS_PER_PASS`);
+    without it, every expression runs the whole model (`batch_size` per forward; None: all of
+    the image's in one).
     """
     return refseg_batch(
         model, [key], [sample], tokenize=tokenize, concat=concat, vis=[vis],
@@ -319,6 +326,7 @@ def png_report(records: Sequence[MaskRecord]) -> dict[str, float]:
 
 
 __all__ = [
+    "CAPTIONS_PER_PASS",
     "REASONSEG_SUFFIX",
     "REFCOCO_SPLITS",
     "image_key",

@@ -145,8 +145,8 @@ def add_sharing_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="captions (shared) or samples (--no-share) per frozen forward; default 16 on a GPU, "
-        "on CPU all of one image's at once",
+        help="captions (shared) or samples (--no-share) per frozen forward; default 16 on a GPU; "
+        "on CPU 2 captions per pass (shared), else all of one image's at once",
     )
 
 
@@ -607,8 +607,9 @@ def _batches(
 
 def default_batch_size(device: torch.device | str) -> int | None:
     """`--batch-size` when none is given: 16 captions per frozen pass on a GPU; on CPU, where
-    batching gains little (README "Performance"), None: the samples of one image in one pass
-    and images one at a time."""
+    batching gains little (README "Performance"), None: the scoring functions' own defaults (2
+    captions per pass over a shared prompt, `benchmarks.CAPTIONS_PER_PASS`; without sharing,
+    all of one image's samples in one forward; images one at a time)."""
     return 16 if torch.device(device).type == "cuda" else None
 
 
