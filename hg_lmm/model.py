@@ -213,7 +213,7 @@ class GroundingModel(BaseModel):
     ) -> list[dict[str, torch.Tensor]]:
         """`predict` of samples that share one image (e.g. the expressions of a RefCOCO image):
         the image's frozen work is done once for all of them, the first sample's image standing
-        for every one: the LMM's vision pass and prompt (`FrozenLMMAdapter.extract_group`, a KV
+        for every one: the LMM's vision pass and prompt (`FrozenLMMAdapter.iter_group`, a KV
         cache the captions run over, `batch_size` at a time) and the head's `prepare_image`
         (SAM's image encoder for the U-Net+SAM head). Same outputs as `predict` (to 1e-5 in
         float32, tests/test_model.py)."""
