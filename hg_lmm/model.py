@@ -202,12 +202,38 @@ class GroundingModel(BaseModel):
     @torch.no_grad()
     def predict(self, data: Sequence[Mapping[str, Any]]) -> list[dict[str, torch.Tensor]]:
         """Per sample: logits and thresholded masks at the original image size."""
-        out = []
-        for sample, features in zip(data, self.lmm.extract_batch(data)):
-            maps, hw = self.head_logits(features, sample), original_hw(sample)
-            logits = self.final_logits(maps, hw)
-            out.append({"logits": logits, "masks": self.final_masks(maps, hw, self.threshold)})
+        return [
+            self._prediction(features, self._head_image(sample), sample)
+            for sample, features in zip(data, self.lmm.extract_batch(data))
+        ]
+
+    @torch.no_grad()
+    def predict_group(
+        self, data: Sequence[Mapping[str, Any]], batch_size: int | None = None
+    ) -> list[dict[str, torch.Tensor]]:
+        """`predict` of samples that share one image (e.g. the expressions of a RefCOCO image):
+        the image's frozen work is done once for all of them, the first sample's image standing
+        for every one: the LMM's vision pass and prompt (`FrozenLMMAdapter.iter_group`, a KV
+        cache the captions run over, `batch_size` at a time) and the head's `prepare_image`
+        (SAM's image encoder for the U-Net+SAM head). Same outputs as `predict` (to 1e-5 in
+        float32, tests/test_model.py)."""
+        if not data:
+            return []
+        image = self._head_image(data[0])
+        out, pending = [], iter(data)
+        # One caption pass at a time: its features are used by the head, then dropped.
+        for chunk in self.lmm.iter_group(data, batch_size=batch_size):
+            out += [self._prediction(f, image, next(pending)) for f in chunk]
         return out
+
+    def _prediction(
+        self, features: LMMFeatures, image: Any, sample: Mapping[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        maps, hw = self._maps(features, image), original_hw(sample)
+        return {
+            "logits": self.final_logits(maps, hw),
+            "masks": self.final_masks(maps, hw, self.threshold),
+        }
 
     @torch.no_grad()
     def ground(

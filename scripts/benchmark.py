@@ -21,6 +21,14 @@ timed interleaved (every item once per repeat, `--repeats` times; min and median
                   head graph kept until the backward); timed in the first repeat only
   generate        plain greedy `generate` (preprocess, vision, prompt, new tokens)
   answer          `adapter.answer()` over the same tokens (features recorded while generating)
+  eval_*_{hg,unet_sam}  RefCOCO-like evaluation (`--items eval` selects these six) of K images
+                  (`--eval-images`), expressions per image drawn around `--refs-per-image`
+                  (hg_lmm.testing.res_workload), with the HG head and with the U-Net+SAM head
+                  (SAM ViT-L, random weights): `eval_loop` scores each image as before
+                  (`refseg_batch(share=False)`: every expression runs vision, prompt and SAM),
+                  `eval_shared` shares the image's frozen work between its expressions,
+                  `eval_splits` scores RefCOCO and RefCOCO+ of the same images together. Reported
+                  per expression, with peaks and the projected time of the eight RES splits
 
 Peak memory is measured after the timing (`--no-memory` skips it) in a fresh process that
 loads the model again, runs features, train_1 and generate once (first calls create lasting
@@ -47,6 +55,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +141,7 @@ class Item:
     name: str
     run: Callable[[], Any]
     once: bool = False
+    expressions: int | None = None  # evaluation items: expressions scored per call
     times: list[float] = field(default_factory=list)  # wall seconds
     cpu_times: list[float] = field(default_factory=list)  # process CPU seconds (CPU runs)
     peak: float | None = None  # MiB
@@ -344,7 +354,125 @@ def build_items(adapter: Any, args: argparse.Namespace, device: torch.device) ->
         Item("answer", answer),
     ]
     found = {it.name: it for it in items}
-    return [it for it in items if not args.items or it.name in args.items]
+    wanted = set(args.items or [])
+    if "eval" in wanted:
+        wanted |= set(EVAL_ITEMS)
+    items = [it for it in items if not wanted or it.name in wanted]
+    if not wanted or wanted & set(EVAL_ITEMS):
+        items += [
+            it for it in eval_items(adapter, model, args, device) if not wanted or it.name in wanted
+        ]
+    return items
+
+
+# --- evaluation items -----------------------------------------------------------------------
+
+EVAL_ITEMS = [
+    f"eval_{mode}_{head}" for head in ("hg", "unet_sam") for mode in ("loop", "shared", "splits")
+]
+
+
+def eval_items(
+    adapter: Any, hg_model: GroundingModel, args: argparse.Namespace, device: torch.device
+) -> list[Item]:
+    """The RefCOCO-like evaluation items of both heads (see the module docstring)."""
+    from hg_lmm.evaluation.benchmarks import refseg_batch
+    from hg_lmm.evaluation.runner import make_tokenize
+    from hg_lmm.heads.unet_sam import SAMRefiner, UNetSAMHead, build_sam
+    from hg_lmm.testing.res_workload import res_workload
+
+    if args.lmm.startswith("tiny"):
+        from hg_lmm.testing.tiny_sam import tiny_sam
+
+        sam = tiny_sam()
+    else:
+        sam = build_sam(variant="vit_l")  # random weights at SAM ViT-L's shapes
+    head = UNetSAMHead(dims=adapter.dims, sam=SAMRefiner(model=sam))
+    models = {
+        "hg": hg_model,
+        "unet_sam": GroundingModel(
+            lmm=adapter, head=head.to(device, getattr(torch, args.head_dtype))
+        ),
+    }
+    work = res_workload(
+        adapter.tokenizer, num_images=args.eval_images, mean_refs=args.refs_per_image
+    )
+    refcoco, plus = work["refcoco"], work["refcoco+"]
+    tokenize = make_tokenize(hg_model)
+    expressions = [s.num_masks for s in refcoco]
+    print(f"evaluation workload: {len(refcoco)} images, expressions per image {expressions} "
+          f"(RefCOCO) and {[s.num_masks for s in plus]} (RefCOCO+)", flush=True)  # fmt: skip
+
+    def score(model: GroundingModel, groups: list[list[Any]], share: bool) -> None:
+        model.eval()
+        with torch.no_grad():
+            for group in groups:  # one image (one sample per split) at a time, as the CLI
+                refseg_batch(
+                    model, list(range(len(group))), group, tokenize=tokenize, concat=False,
+                    share=share, batch_size=args.eval_batch_size if share else None,
+                )  # fmt: skip
+
+    per_split = [[s] for s in refcoco]
+    together = [[a, b] for a, b in zip(refcoco, plus)]
+    n_one, n_two = sum(expressions), sum(s.num_masks for s in refcoco + plus)
+    items = []
+    for name, model in models.items():
+        items += [
+            Item(f"eval_loop_{name}", partial(score, model, per_split, False), expressions=n_one),
+            Item(f"eval_shared_{name}", partial(score, model, per_split, True), expressions=n_one),
+            Item(f"eval_splits_{name}", partial(score, model, together, True), expressions=n_two),
+        ]
+    return items
+
+
+def eval_summary(out: dict[str, Any], items: list[Item]) -> dict[str, Any]:
+    """Per head: seconds per expression (min wall and CPU), the shared paths over the loop
+    (time per expression, peak), and the projected hours of the eight RES splits."""
+    from hg_lmm.testing.res_workload import RES_SPLIT_SIZES
+
+    per = {it.name: it.expressions for it in items if it.expressions}
+    summary: dict[str, Any] = {}
+    for head in ("hg", "unet_sam"):
+        names = {mode: f"eval_{mode}_{head}" for mode in ("loop", "shared", "splits")}
+        if not all(n in out and out[n]["wall_s"] for n in names.values()):
+            continue
+        seconds = {
+            clock: {m: out[n][clock]["min"] / per[n] for m, n in names.items()}
+            for clock in ("wall_s", "cpu_s")
+            if all(out[n][clock] for n in names.values())
+        }
+        wall = seconds["wall_s"]
+        peaks = {m: out[n]["peak_mib"] for m, n in names.items()}
+        refs = {name: r for name, (_, r) in RES_SPLIT_SIZES.items()}
+        paired = sum(r for name, r in refs.items() if not name.startswith("refcocog"))
+        g = sum(r for name, r in refs.items() if name.startswith("refcocog"))
+        summary[head] = {
+            "seconds_per_expression": seconds,
+            "time_per_expression_ratio": {
+                clock: {
+                    "shared / loop": v["shared"] / v["loop"],
+                    "splits together / loop": v["splits"] / v["loop"],
+                }
+                for clock, v in seconds.items()
+            },
+            "peak_mib": peaks,
+            "peak_ratio": {
+                "shared / loop": _div(peaks["shared"], peaks["loop"]),
+                "splits together / loop": _div(peaks["splits"], peaks["loop"]),
+            },
+            # Expressions of the eight splits times the measured seconds per expression (wall);
+            # "splits together": RefCOCO with RefCOCO+ at that rate, RefCOCOg shared per split.
+            "projected_8_splits_hours": {
+                "loop": (paired + g) * wall["loop"] / 3600,
+                "shared": (paired + g) * wall["shared"] / 3600,
+                "splits together": (paired * wall["splits"] + g * wall["shared"]) / 3600,
+            },
+        }
+    return summary
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
 
 
 @contextmanager
@@ -370,7 +498,7 @@ def time_items(items: list[Item], args: argparse.Namespace, device: torch.device
 
 # First calls create lasting state (e.g. oneDNN's packed copies of the weights on CPU, one per
 # weight, about the model's size): the memory worker runs these once before measuring.
-WARM_UP = ("features", "train_1", "generate")
+WARM_UP = ("features", "train_1", "generate", "eval_shared_hg", "eval_shared_unet_sam")
 
 
 def measure_peaks(items: list[Item], memory: PeakMemory) -> dict[str, float | None]:
@@ -459,7 +587,12 @@ def summarise(items: list[Item], args: argparse.Namespace) -> dict[str, Any]:
         "time_cpu": {k: ratio(*v, "cpu_s") for k, v in time_ratios.items()},
         "peak": {k: ratio(*v, "peak_mib") for k, v in peak_ratios.items()},
     }
-    return {"items": out, "ratios": ratios}
+    ratios = {group: {k: v for k, v in r.items() if v is not None} for group, r in ratios.items()}
+    report = {"items": out, "ratios": {k: v for k, v in ratios.items() if v}}
+    evaluation = eval_summary(out, items)
+    if evaluation:
+        report["evaluation"] = evaluation
+    return report
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -479,6 +612,17 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"\nratios ({group})")
         for name, v in values.items():
             print(f"  {name:<36} {fmt(v)}")
+    for head, e in report.get("evaluation", {}).items():
+        print(f"\nevaluation, {head} head: seconds per expression (wall min)")
+        for mode, v in e["seconds_per_expression"]["wall_s"].items():
+            print(f"  {mode:<36} {fmt(v)}   peak {fmt(e['peak_mib'][mode], '.0f')} MiB")
+        for clock, values in e["time_per_expression_ratio"].items():
+            for name, v in values.items():
+                print(f"  time per expression {name} ({clock[:-2]}){'':<4} {fmt(v)}")
+        for name, v in e["peak_ratio"].items():
+            print(f"  peak {name:<31} {fmt(v)}")
+        hours = ", ".join(f"{k} {v:.2f} h" for k, v in e["projected_8_splits_hours"].items())
+        print(f"  projected 8 RES splits: {hours}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
@@ -501,7 +645,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     )
     parser.add_argument("--phrases", type=int, default=3, help="phrases per caption")
     parser.add_argument("--new-tokens", type=int, default=32, help="generated tokens")
-    parser.add_argument("--items", nargs="*", help="only these items (default: all)")
+    parser.add_argument(
+        "--items", nargs="*", help="only these items (default: all; 'eval': the six eval items)"
+    )
+    parser.add_argument("--eval-images", type=int, default=4, help="K, images of the eval items")
+    parser.add_argument(
+        "--refs-per-image", type=float, default=2.54,
+        help="mean expressions per image of the eval items (RefCOCO val: 3811 / 1500)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--eval-batch-size",
+        type=int,
+        help="captions per decoder pass of the shared eval items (default: the CLIs' CPU "
+        "default, 2); the loop keeps the path of before, all of an image's expressions per forward",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument("--out", help="JSON report (default: <cache-dir>/<lmm>.json)")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)  # internal: peaks -> file
@@ -540,6 +697,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "phrases": args.phrases,
         "batch": args.batch,
         "new_tokens": args.new_tokens,
+        "eval_images": args.eval_images,
+        "refs_per_image": args.refs_per_image,
+        "eval_batch_size": args.eval_batch_size,
         "dtype": args.dtype,
         "head_dtype": args.head_dtype,
         "device": str(device),

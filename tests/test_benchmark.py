@@ -54,6 +54,7 @@ def test_tiny_run_reports_every_item(tmp_path):
     items = report["items"]
     expected = {"vision", "decoder", "decoder_rows", "features", "features_eager", "frozen_2"}
     expected |= {"train_1", "train_2", "train_1_ref", "train_2_ref", "generate", "answer"}
+    expected |= {f"eval_{m}_{h}" for m in ("loop", "shared", "splits") for h in ("hg", "unet_sam")}
     assert set(items) == expected
     for name, item in items.items():
         assert len(item["times_s"]) == (1 if name.endswith("_ref") else 2), name
@@ -70,3 +71,8 @@ def test_tiny_run_reports_every_item(tmp_path):
     for group in report["ratios"].values():
         assert group and all(v is not None for v in group.values()), report["ratios"]
     assert report["conditions"]["weights"] == "random" and "train_2" in run.stdout
+    for head in ("hg", "unet_sam"):  # the evaluation items' summary, per expression
+        summary = report["evaluation"][head]
+        assert set(summary["seconds_per_expression"]["wall_s"]) == {"loop", "shared", "splits"}
+        assert all(v > 0 for v in summary["projected_8_splits_hours"].values())
+        assert summary["peak_ratio"]["shared / loop"] is not None

@@ -466,3 +466,61 @@ def test_a_dataset_record_is_a_sample(tiny_llava, batch):
     with torch.no_grad():
         a, b = model([record], mode="loss"), model([plain], mode="loss")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- evaluation: the samples of one image share its frozen work -------------------------------
+
+
+def _one_image_samples(tiny_llava, captions):
+    """Samples of one image (same pixels, PIL image and size), one caption each."""
+    from PIL import Image
+
+    _, tok, _ = tiny_llava
+    size = tiny_llava[0].config.vision_config.image_size
+    pixels = torch.randn(3, size, size, generator=torch.Generator().manual_seed(5))
+    hw = (30, 40)
+    image = Image.new("RGB", hw[::-1], (90, 120, 200))
+    out = []
+    for caption in captions:
+        ids = tok(TRAIN_PROMPT).input_ids
+        mids = [-1] * len(ids)
+        for k, words in enumerate(caption):
+            t = tok.encode(words, add_special_tokens=False)
+            ids, mids = ids + t, mids + [k] * len(t)
+        out.append(
+            {
+                "input_ids": torch.tensor(ids),
+                "mask_ids": torch.tensor(mids),
+                "pixel_values": pixels,
+                "meta": letterbox_meta(round(size * hw[0] / hw[1]), size, size),
+                "image": image,
+            }
+        )
+    return out
+
+
+@pytest.mark.parametrize("family", ["hg", "unet_sam"])
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_predict_group_equals_predict(tiny_llava, family, batch_size):
+    """Both heads: the logits agree to 1e-5 (float32) and the thresholded masks are identical,
+    with the LMM's vision pass, its prompt and the head's image work (SAM's encoder) done once."""
+    model, _ = _twin_models(tiny_llava, dict(type=HGHead) if family == "hg" else _unet_sam_head())
+    model.eval()
+    captions = [["the red circle"], ["a", "the blue square on the left"], ["the green star"]]
+    samples = _one_image_samples(tiny_llava, captions)
+    prepared = []
+    prepare = model.head.prepare_image
+    model.head.prepare_image = lambda image: prepared.append(1) or prepare(image)
+    try:
+        grouped = model.predict_group(samples, batch_size=batch_size)
+        assert len(prepared) == 1
+        alone = model.predict(samples)
+    finally:
+        del model.head.prepare_image
+    assert len(prepared) == 1 + len(samples)
+    for g, a in zip(grouped, alone):
+        assert g["logits"].shape == a["logits"].shape
+        assert float((g["logits"] - a["logits"]).abs().max()) < 1e-5
+        assert torch.equal(g["masks"], a["masks"])
+    assert any(bool(a["masks"].any()) for a in alone)  # not trivially all empty
+    assert model.predict_group([]) == []

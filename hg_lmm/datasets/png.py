@@ -95,6 +95,14 @@ class PNGDataset(Dataset):
     def __len__(self) -> int:
         return len(self.narratives)
 
+    def image_key(self, idx: int) -> str:
+        """The image file of narrative `idx` (the image id where it is not in the panoptic json,
+        which loading the sample reports), without loading anything: evaluation groups the
+        narratives of one image by it."""
+        image_id = int(self.narratives[idx]["image_id"])
+        info = self.images.get(image_id)
+        return os.path.join(self.image_dir, info["file_name"]) if info else f"image_id {image_id}"
+
     def _source(self, idx: int) -> str:
         return f"{self.json_file} narrative #{idx} (image_id {self.narratives[idx]['image_id']})"
 

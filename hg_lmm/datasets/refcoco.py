@@ -147,6 +147,11 @@ class RefCocoDataset(Dataset):
     def __len__(self) -> int:
         return len(self._mm)
 
+    def image_key(self, idx: int) -> str:
+        """The image file of sample `idx`, without loading anything (evaluation groups the
+        samples that share an image by it, e.g. across RefCOCO and RefCOCO+)."""
+        return self._mm.get_data_info(idx)["img_path"]
+
     def __getitem__(self, idx: int) -> Any:
         info = self._mm.get_data_info(idx)
         source = f"{self.refs_path} split {self.split!r}, image_id {info['img_id']}"

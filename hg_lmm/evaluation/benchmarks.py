@@ -37,6 +37,12 @@ REFCOCO_SPLITS: dict[str, tuple[str, str]] = {
     "refcocog_test": ("refcocog", "test"),
 }
 
+# Captions per decoder pass over an image's shared prompt when no --batch-size is given (CPU):
+# batching gains little there, and each pass's features are dropped before the next, so this
+# bounds the peak (README "Performance": with all of an image's captions at once, RefCOCO and
+# RefCOCO+ together peaked at 1.47x the unshared path, with 2 at 1.01x).
+CAPTIONS_PER_PASS = 2
+
 # ReasonSeg: LISA's question suffix that asks for a short object name, which is then grounded.
 REASONSEG_SUFFIX = (
     "Based on the image, answer the name of the object that is most relevant to the answer to "
@@ -61,9 +67,38 @@ def refcoco_eval_dataset(data_root: str, name: str) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _predict_masks(model: Any, samples: Sequence[Any]) -> list[torch.Tensor]:
-    """Bool [n, H, W] masks at the original image size for each (tokenized) sample, on CPU."""
-    return [out["masks"].cpu() for out in model(list(samples), mode="predict")]
+def _predict_masks(
+    model: Any, samples: Sequence[Any], *, share: bool = False, batch_size: int | None = None
+) -> list[torch.Tensor]:
+    """Bool [n, H, W] masks at the original image size for each (tokenized) sample, on CPU.
+
+    share: the samples are of one image, whose frozen work is done once for all
+    (`GroundingModel.predict_group`, `batch_size` captions per decoder pass; None:
+    `CAPTIONS_PER_PASS`). Else `batch_size` samples per `predict` call (None: all at once).
+    """
+    if share:
+        outs = model.predict_group(list(samples), batch_size=batch_size or CAPTIONS_PER_PASS)
+    else:
+        step = batch_size or max(len(samples), 1)
+        outs = [
+            out
+            for i in range(0, len(samples), step)
+            for out in model(list(samples[i : i + step]), mode="predict")
+        ]
+    return [out["masks"].cpu() for out in outs]
+
+
+def image_key(sample: Any) -> Any:
+    """What identifies a sample's image: its file, else the image object itself."""
+    return getattr(sample, "image_path", None) or id(sample.image)
+
+
+def _by_image(samples: Sequence[Any]) -> list[list[int]]:
+    """Indices of `samples` grouped by image, groups in order of first appearance."""
+    groups: dict[Any, list[int]] = {}
+    for i, sample in enumerate(samples):
+        groups.setdefault(image_key(sample), []).append(i)
+    return list(groups.values())
 
 
 def _records(
@@ -84,6 +119,14 @@ def _records(
     return out
 
 
+def _png_tags(sample: Any) -> list[dict[str, Any]]:
+    pixels = int(sample.masks.shape[-2] * sample.masks.shape[-1])
+    return [
+        {"isthing": bool(t), "plural": bool(p), "pixels": pixels}
+        for t, p in zip(sample.isthing, sample.plural)
+    ]
+
+
 def png_records(
     model: Any, key: Any, sample: Any, *, vis: Callable | None = None
 ) -> list[MaskRecord]:
@@ -93,15 +136,36 @@ def png_records(
     `vis`, when given, is called as `vis(image, pred, target, labels, title=...)` with the
     sample's [n, H, W] masks (`EvalRunner.vis_writer`); likewise in the other scoring functions.
     """
-    (pred,) = _predict_masks(model, [sample])
-    if vis is not None:
-        vis(sample.image, pred, sample.masks, sample.phrases, title=sample.source)
-    pixels = int(sample.masks.shape[-2] * sample.masks.shape[-1])
-    meta = [
-        {"isthing": bool(t), "plural": bool(p), "pixels": pixels}
-        for t, p in zip(sample.isthing, sample.plural)
-    ]
-    return _records(key, pred, sample.masks, meta)
+    return png_batch(model, [key], [sample], vis=[vis])[0]
+
+
+def png_batch(
+    model: Any,
+    keys: Sequence[Any],
+    samples: Sequence[Any],
+    *,
+    vis: Sequence[Callable | None] | None = None,
+    share: bool = True,
+    batch_size: int | None = None,
+) -> list[list[MaskRecord]]:
+    """`png_records` of several tokenized narratives (`vis`: each sample's overlay writer or
+    None). With `share`, narratives of one image share its frozen work
+    (`GroundingModel.predict_group`); narratives alone on their image, and all of them without
+    `share`, go `batch_size` at a time through `predict` (None: one at a time)."""
+    preds: list[torch.Tensor | None] = [None] * len(samples)
+    groups = _by_image(samples) if share else [[i] for i in range(len(samples))]
+    alone = [g[0] for g in groups if len(g) == 1]
+    for group in groups:
+        if len(group) > 1:
+            masks = _predict_masks(model, [samples[i] for i in group], share=True,
+                                   batch_size=batch_size)  # fmt: skip
+            for i, m in zip(group, masks):
+                preds[i] = m
+    masks = _predict_masks(model, [samples[i] for i in alone], batch_size=batch_size or 1)
+    for i, m in zip(alone, masks):
+        preds[i] = m
+    _draw(samples, preds, vis)
+    return [_records(k, p, s.masks, _png_tags(s)) for k, s, p in zip(keys, samples, preds)]
 
 
 def refseg_records(
@@ -112,25 +176,66 @@ def refseg_records(
     tokenize: Callable,
     concat: bool,
     vis: Callable | None = None,
+    share: bool = True,
+    batch_size: int | None = None,
 ) -> list[MaskRecord]:
     """Score one RefCOCO image (an untokenized `GroundingSample`): one record per expression.
 
     With `concat`, all expressions of the image form one caption and run in one forward (how the
-    model trains). Without it, each expression runs in its own forward as the only phrase of the
-    caption (the reference's default). Records are per expression either way, so cIoU and mIoU
-    are comparable between the two modes.
+    model trains). Without it, each expression runs as the only phrase of its caption (the
+    reference's default). Records are per expression either way, so cIoU and mIoU are
+    comparable between the two modes. With `share` (the default), the image's frozen work
+    (vision tower, prompt, SAM's image encoder) is done once for its expressions, whose
+    captions run over the prompt's KV cache, `batch_size` per pass (None: `CAPTIONS_PER_PASS`);
+    without it, every expression runs the whole model (`batch_size` per forward; None: all of
+    the image's in one).
     """
+    return refseg_batch(
+        model, [key], [sample], tokenize=tokenize, concat=concat, vis=[vis],
+        share=share, batch_size=batch_size,
+    )[0]  # fmt: skip
+
+
+def refseg_batch(
+    model: Any,
+    keys: Sequence[Any],
+    samples: Sequence[Any],
+    *,
+    tokenize: Callable,
+    concat: bool,
+    vis: Sequence[Callable | None] | None = None,
+    share: bool = True,
+    batch_size: int | None = None,
+) -> list[list[MaskRecord]]:
+    """`refseg_records` of several RefCOCO samples (`vis`: each sample's overlay writer or
+    None). With `share`, the samples of one image (e.g. the same image in RefCOCO and
+    RefCOCO+, evaluated together) share its frozen work: all their captions run over one prompt
+    KV cache."""
+    inputs = [_refseg_inputs(sample, tokenize, concat) for sample in samples]
+    preds: list[list[torch.Tensor]] = [[] for _ in samples]
+    groups = _by_image(samples) if share else [[i] for i in range(len(samples))]
+    for group in groups:
+        flat = [x for i in group for x in inputs[i]]
+        masks = _predict_masks(model, flat, share=share, batch_size=batch_size) if flat else []
+        for i in group:
+            preds[i], masks = masks[: len(inputs[i])], masks[len(inputs[i]) :]
+    joined = [torch.cat(p) if p else s.masks[:0] for s, p in zip(samples, preds)]
+    _draw(samples, joined, vis)
+    return [_records(k, p, s.masks) for k, s, p in zip(keys, samples, joined)]
+
+
+def _draw(samples: Sequence[Any], preds: Sequence[Any], vis: Sequence[Any] | None) -> None:
+    """Each sample's prediction-vs-ground-truth overlay, where its writer is not None."""
+    for sample, pred, writer in zip(samples, preds, vis or [None] * len(samples)):
+        if writer is not None:
+            writer(sample.image, pred, sample.masks, sample.phrases, title=sample.source)
+
+
+def _refseg_inputs(sample: Any, tokenize: Callable, concat: bool) -> list[Any]:
+    """The tokenized samples of a RefCOCO image: one (concat), or one per expression, each the
+    only phrase of its caption (mask 0)."""
     if concat:
-        (pred,) = _predict_masks(model, [tokenize(sample)])
-    else:
-        pred = _predict_singles(model, sample, tokenize)
-    if vis is not None:
-        vis(sample.image, pred, sample.masks, sample.phrases, title=sample.source)
-    return _records(key, pred, sample.masks)
-
-
-def _predict_singles(model: Any, sample: Any, tokenize: Callable) -> torch.Tensor:
-    """[n, H, W] masks of a RefCOCO image, each expression in its own forward pass."""
+        return [tokenize(sample)]
     singles = []
     for k, phrase in enumerate(sample.phrases):
         piece = dataclasses.replace(_piece_of(sample, k), mask_id=0)
@@ -146,7 +251,7 @@ def _predict_singles(model: Any, sample: Any, tokenize: Callable) -> torch.Tenso
                 )
             )
         )
-    return torch.cat(_predict_masks(model, singles)) if singles else sample.masks[:0]
+    return singles
 
 
 def _piece_of(sample: Any, mask_id: int) -> Any:
@@ -221,13 +326,17 @@ def png_report(records: Sequence[MaskRecord]) -> dict[str, float]:
 
 
 __all__ = [
+    "CAPTIONS_PER_PASS",
     "REASONSEG_SUFFIX",
     "REFCOCO_SPLITS",
+    "image_key",
+    "png_batch",
     "png_pixel_accuracy",
     "png_records",
     "png_report",
     "reasonseg_question",
     "reasonseg_record",
     "refcoco_eval_dataset",
+    "refseg_batch",
     "refseg_records",
 ]

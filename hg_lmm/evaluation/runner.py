@@ -5,7 +5,9 @@ What it does, once for all benchmarks:
     --num-workers, --data-root, --work-dir, --limit;
   - building the model from an mmengine config and loading the checkpoint (`load_model`);
   - sharding: rank r of w takes dataset indices r, r + w, r + 2w, ... (no sampler padding, so no
-    sample is ever scored twice), on `accelerator.device`, in eval mode, under `torch.no_grad`;
+    sample is ever scored twice), or, where samples share an image, whole images dealt that way
+    (`run_batches` / `run_together` with groups, batches of whole groups), on
+    `accelerator.device`, in eval mode, under `torch.no_grad`;
   - gathering every rank's per-sample results with accelerate's `gather_object`, and checking
     that each index came back exactly once;
   - on rank 0: a printed table and `<work-dir>/<name>_results.json` holding the metrics, the
@@ -23,7 +25,7 @@ import logging
 import math
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,24 @@ def add_save_vis_argument(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="write the first N samples of each dataset as prediction-vs-ground-truth overlays "
         "to <work-dir>/vis/<dataset>/",
+    )
+
+
+def add_sharing_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--no-share` and `--batch-size N` (`EvalRunner.batch_size` resolves the default)."""
+    parser.add_argument(
+        "--no-share",
+        action="store_true",
+        help="run every caption through the whole model (vision tower, prompt, SAM encoder), as "
+        "before; by default the samples of one image share that frozen work",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="captions (shared) or samples (--no-share) per frozen forward; default 16 on a GPU; "
+        "on CPU 2 captions per pass (shared), else all of one image's at once",
     )
 
 
@@ -299,6 +319,17 @@ class EvalRunner:
             )
 
     @property
+    def batch_size(self) -> int | None:
+        """`--batch-size`, or `default_batch_size` of this run's device."""
+        given = getattr(self.args, "batch_size", None)
+        return given if given is not None else default_batch_size(self.accelerator.device)
+
+    @property
+    def share(self) -> bool:
+        """Whether the samples of one image share its frozen work (not `--no-share`)."""
+        return not getattr(self.args, "no_share", False)
+
+    @property
     def rank(self) -> int:
         return self.accelerator.process_index
 
@@ -332,9 +363,17 @@ class EvalRunner:
 
         return write
 
-    def shard(self, num_samples: int) -> list[int]:
-        """This rank's dataset indices: rank, rank + world, ... (disjoint, covering all)."""
-        return list(range(self.rank, num_samples, self.world_size))
+    def shard(self, num_samples: int, groups: Sequence[Any] | None = None) -> list[int]:
+        """This rank's dataset indices: rank, rank + world, ... (disjoint, covering all).
+
+        With `groups` (one key per index, e.g. its image), whole groups are dealt out instead:
+        groups in order of their first index, group j to rank j % world, so that the samples
+        that share an image meet in one process; the indices come group after group.
+        """
+        if groups is None:
+            return list(range(self.rank, num_samples, self.world_size))
+        return [i for group in _groups(groups[:num_samples])[self.rank :: self.world_size]
+                for i in group]  # fmt: skip
 
     def run(self, dataset_name: str, dataset: Any, step: Callable[[int, Any], Any]) -> list[Any]:
         """Apply `step(index, sample)` to every sample of `dataset`, sharded over the ranks.
@@ -348,45 +387,133 @@ class EvalRunner:
         Returns:
           On every rank, all results in dataset-index order (gathered from every rank).
         """
+        return self.run_batches(
+            dataset_name, dataset, lambda indices, samples: [step(indices[0], samples[0])]
+        )
+
+    def run_batches(
+        self,
+        dataset_name: str,
+        dataset: Any,
+        step: Callable[[list[int], list[Any]], list[Any]],
+        *,
+        batch_size: int = 1,
+        groups: Sequence[Any] | None = None,
+    ) -> list[Any]:
+        """`run` with `step(indices, samples)` scoring a batch, one result per sample.
+
+        A batch holds whole groups (`groups`: one key per dataset index, e.g. the image; None:
+        every sample its own group) up to `batch_size` samples, or one larger group alone; the
+        ranks are dealt whole groups (`shard`). Results come back in dataset-index order
+        whatever the batching, the grouping and the number of processes.
+        """
+        num_samples = self._num_samples(dataset)
+        results, ranks = self._run(dataset_name, dataset, step, num_samples, batch_size, groups)
+        self._record_counts(dataset_name, results, ranks)
+        return results
+
+    def run_together(
+        self,
+        datasets: Mapping[str, Any],
+        step: Callable[[list[tuple[str, int]], list[Any]], list[Any]],
+        *,
+        groups: Mapping[str, Sequence[Any]],
+        batch_size: int = 1,
+    ) -> dict[str, list[Any]]:
+        """`run_batches` over several datasets at once, grouped across them (e.g. RefCOCO and
+        RefCOCO+, whose images are the same): a group (`groups[name]`: one key per index of
+        that dataset) gathers the samples of every dataset that share its key, so each image's
+        frozen work is done once for all of them. `step(keys, samples)` gets (dataset name,
+        index) keys. Returns per dataset its results in index order (counts recorded per
+        dataset, as `run` does).
+        """
+        keys = []
+        for name, dataset in datasets.items():
+            keys += [(name, i) for i in range(self._num_samples(dataset))]
+        joined = _Joined(datasets, keys)
+        joint_groups = [groups[name][i] for name, i in keys]
+        label = "+".join(datasets)
+        results, ranks = self._run(
+            label, joined, lambda idx, samples: step([keys[i] for i in idx], samples),
+            len(keys), batch_size, joint_groups,
+        )  # fmt: skip
+        out: dict[str, list[Any]] = {name: [] for name in datasets}
+        per: dict[str, list[int]] = {name: [] for name in datasets}
+        for (name, _), result, rank in zip(keys, results, ranks):
+            out[name].append(result)
+            per[name].append(rank)
+        for name in datasets:
+            self._record_counts(name, out[name], per[name])
+        return out
+
+    def _num_samples(self, dataset: Any) -> int:
+        if self.args.limit is None:
+            return len(dataset)
+        return min(len(dataset), self.args.limit)
+
+    def _run(
+        self,
+        dataset_name: str,
+        dataset: Any,
+        step: Callable[[list[int], list[Any]], list[Any]],
+        num_samples: int,
+        batch_size: int,
+        groups: Sequence[Any] | None,
+    ) -> tuple[list[Any], list[int]]:
+        """(results, the rank that scored each) in index order, gathered from every rank."""
         from accelerate.utils import gather_object
         from torch.utils.data import DataLoader, Subset
         from tqdm import tqdm
 
-        num_samples = len(dataset)
-        if self.args.limit is not None:
-            num_samples = min(num_samples, self.args.limit)
-        indices = self.shard(num_samples)
+        if groups is not None and len(groups) < num_samples:
+            raise ValueError(f"{dataset_name}: {len(groups)} group keys for {num_samples} samples")
+        indices = self.shard(num_samples, groups)
         loader = DataLoader(
             Subset(dataset, indices),
             batch_size=None,
             collate_fn=_identity,
             num_workers=self.args.num_workers,
         )
-        local = []
+        local: list[tuple[int, int, Any]] = []
         bar = tqdm(total=len(indices), desc=dataset_name, disable=not self.is_main)
+        batches = iter(_batches(indices, groups, batch_size))
+        batch, samples = next(batches, []), []
         with torch.no_grad():
-            for index, sample in zip(indices, loader):
-                local.append((index, self.rank, step(index, sample)))
-                bar.update()
+            for sample in loader:
+                samples.append(sample)
+                if len(samples) < len(batch):
+                    continue
+                scored = step(list(batch), samples)
+                if len(scored) != len(batch):
+                    raise RuntimeError(
+                        f"{dataset_name}: the step returned {len(scored)} results for "
+                        f"{len(batch)} samples; it must return one per sample"
+                    )
+                local += [(i, self.rank, r) for i, r in zip(batch, scored)]
+                bar.update(len(batch))
+                batch, samples = next(batches, []), []
         bar.close()
         gathered = gather_object(local) if self.world_size > 1 else local
         self._check_coverage(dataset_name, [index for index, _, _ in gathered], num_samples)
         gathered.sort(key=lambda item: item[0])
-        per_rank = [0] * self.world_size
-        for _, rank, _ in gathered:
-            per_rank[rank] += 1
-        results = [result for _, _, result in gathered]
+        return [r for _, _, r in gathered], [rank for _, rank, _ in gathered]
+
+    def _record_counts(
+        self, dataset_name: str, results: Sequence[Any], ranks: Sequence[int]
+    ) -> None:
         if getattr(self.args, "save_vis", 0) and self.is_main:
             folder = self.work_dir / "vis" / dataset_name
-            count = min(self.args.save_vis, num_samples)
+            count = min(self.args.save_vis, len(results))
             logger.info("%s: overlays of the first %d samples in %s", dataset_name, count, folder)
+        per_rank = [0] * self.world_size
+        for rank in ranks:
+            per_rank[rank] += 1
         self.counts[dataset_name] = {
-            "samples": num_samples,
+            "samples": len(results),
             "records": sum(len(r) if isinstance(r, list) else 1 for r in results),
             "per_rank": per_rank,
         }
         self._count_empty_targets(dataset_name, results)
-        return results
 
     def _count_empty_targets(self, dataset_name: str, results: Sequence[Any]) -> None:
         """Log (and record in the counts) how many scored records had an empty target."""
@@ -435,6 +562,57 @@ class EvalRunner:
         return path
 
 
+class _Joined:
+    """Several map-style datasets seen as one, through (dataset name, index) keys."""
+
+    def __init__(self, datasets: Mapping[str, Any], keys: Sequence[tuple[str, int]]) -> None:
+        self.datasets, self.keys = datasets, keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> Any:
+        name, index = self.keys[i]
+        return self.datasets[name][index]
+
+
+def _groups(keys: Sequence[Any]) -> list[list[int]]:
+    """Indices grouped by key, groups in order of their first index."""
+    out: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        out.setdefault(key, []).append(i)
+    return list(out.values())
+
+
+def _batches(
+    indices: Sequence[int], groups: Sequence[Any] | None, batch_size: int
+) -> Iterator[list[int]]:
+    """Consecutive runs of `indices` holding whole groups, up to `batch_size` samples each (a
+    larger group alone)."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and groups is not None and groups[runs[-1][-1]] == groups[i]:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    batch: list[int] = []
+    for run in runs:
+        if batch and len(batch) + len(run) > batch_size:
+            yield batch
+            batch = []
+        batch += run
+    if batch:
+        yield batch
+
+
+def default_batch_size(device: torch.device | str) -> int | None:
+    """`--batch-size` when none is given: 16 captions per frozen pass on a GPU; on CPU, where
+    batching gains little (README "Performance"), None: the scoring functions' own defaults (2
+    captions per pass over a shared prompt, `benchmarks.CAPTIONS_PER_PASS`; without sharing,
+    all of one image's samples in one forward; images one at a time)."""
+    return 16 if torch.device(device).type == "cuda" else None
+
+
 def make_tokenize(model: Any) -> Any:
     """The training tokenization (prompt + caption pieces) for `model`'s LMM adapter, keeping
     every phrase: evaluation scores them all (empty targets included, see README "Failure
@@ -455,7 +633,9 @@ __all__ = [
     "DEFAULT_DATA_ROOT",
     "EvalRunner",
     "add_save_vis_argument",
+    "add_sharing_arguments",
     "check_output_dir",
+    "default_batch_size",
     "default_work_dir",
     "eval_arg_parser",
     "flatten",

@@ -15,15 +15,20 @@ How features are gathered (see hg_lmm.lmm.capture):
   Both give the same features (tests/lmm check it to 1e-5 in float32).
 - `answer` records the answer tokens' rows during KV-cache generation (one vision pass, no
   second forward); the reference path generates, then teacher-forces prompt + answer.
+- `extract_group` (evaluation): several captions of one image. The vision tower and the prompt
+  (the token prefix every caption shares, image included) run once; the prompt's keys and values
+  are kept as a KV cache, and the captions run over it in batches, right-padded, with their rows
+  captured against the cached keys. Under causal attention the prefix never sees a caption, so
+  the features equal `extract_batch`'s (tests/lmm check it to 1e-5 in float32).
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -74,6 +79,11 @@ class FrozenLMMAdapter(nn.Module, ABC):
         map, one sample at a time; `answer` then teacher-forces a second pass). Slower and
         O(L*H*T^2) in memory; for checks and benchmarks.
     """
+
+    # Whether `extract_group` may run the shared prompt once as a KV cache (an adapter whose
+    # prompt layout depends on the image, or whose decoder the capture cannot continue from a
+    # cache, sets False; `extract_group` then says so and runs every caption in full).
+    shares_prefix: ClassVar[bool] = True
 
     def __init__(
         self, *, lmm: nn.Module, tokenizer: Any, dims: LMMDims, eager_features: bool = False
@@ -255,6 +265,133 @@ class FrozenLMMAdapter(nn.Module, ABC):
         hidden = torch.stack(out.hidden_states[1:])[:, 0, positions]
         return attn.float(), hidden.float(), vision.float()
 
+    def features_shared(
+        self,
+        input_ids: Sequence[torch.Tensor],
+        pixel_values: torch.Tensor,
+        queries: Sequence[torch.Tensor],
+        dtype: torch.dtype | None = torch.float32,
+        batch_size: int | None = None,
+    ) -> list[FeatureTensors]:
+        """`features_batch` of B token sequences on one image, sharing its frozen work.
+
+        Shapes: input_ids B x [T_b], pixel_values [3, S, S] (the one image), queries B x [R_b]
+        -> per sample (attn [L, H, R_b, g, g], hidden [L, R_b, D], vision [V, N, C]) in `dtype`.
+        One vision pass; the prefix every sequence shares (up to the first query token; it must
+        hold the image) runs once into a KV cache; the rest of the sequences (the captions) run
+        over it, `batch_size` at a time (None: all at once), right-padded. The prefix's keys and
+        values do not depend on what follows it (causal attention), so the features are those of
+        `features_batch`. Falls back to it, with a log line, where sharing does not apply.
+        """
+        chunks = self._shared_chunks(input_ids, pixel_values, queries, dtype, batch_size)
+        return [f for chunk in chunks for f in chunk]
+
+    @torch.no_grad()
+    def _shared_chunks(
+        self,
+        input_ids: Sequence[torch.Tensor],
+        pixel_values: torch.Tensor,
+        queries: Sequence[torch.Tensor],
+        dtype: torch.dtype | None,
+        batch_size: int | None,
+    ) -> Iterator[list[FeatureTensors]]:
+        """`features_shared`, one caption pass (`batch_size` sequences) at a time, so that a
+        caller can use and drop each pass's features before the next is computed."""
+        if not (len(input_ids) == len(queries)):
+            raise ValueError(f"got {len(input_ids)} token sequences and {len(queries)} queries")
+        if not input_ids:
+            return
+        dtype = dtype or self.dtype
+        step = batch_size or len(input_ids)
+        prefix, why_not = self._shared_prefix(input_ids, queries)
+        if why_not:
+            _log_unshared(self, why_not)
+            pixels = pixel_values[None]
+            for i in range(0, len(input_ids), step):
+                ids = input_ids[i : i + step]
+                yield self.features_batch(
+                    ids, pixels.expand(len(ids), *pixels.shape[1:]), queries[i : i + step], dtype
+                )
+            return
+        image_embeds, vision = self.encode_image(self._pixels(pixel_values)[None])
+        vision = vision.to(dtype)
+        head = self.embed_inputs(input_ids[0][:prefix].to(self.device), image_embeds)
+        decoder = self.language_model.get_decoder()
+        past = decoder(inputs_embeds=head.embeds, use_cache=True, return_dict=True).past_key_values
+        cache = [(k, v) for k, v in past]  # per layer (keys, values) [1, H_kv, P', d]
+        del past
+        for i in range(0, len(input_ids), step):
+            rows = self._caption_pass(
+                decoder, cache, head, input_ids[i : i + step], queries[i : i + step], prefix
+            )
+            yield [(attn.to(dtype), hidden.to(dtype), vision) for attn, hidden in rows]
+
+    def _shared_prefix(
+        self, input_ids: Sequence[torch.Tensor], queries: Sequence[torch.Tensor]
+    ) -> tuple[int, str | None]:
+        """(P, None): the first P tokens are the same in every sequence, hold the whole image and
+        no query token; or (0, why sharing does not apply)."""
+        if self.eager_features:
+            return 0, "eager_features=True, the reference path"
+        image_id = getattr(self, "image_token_id", None)
+        if image_id is None:
+            return 0, "the adapter names no image token"
+        first = input_ids[0]
+        length = min(int(q.min()) if len(q) else len(ids) for ids, q in zip(input_ids, queries))
+        for ids in input_ids[1:]:
+            n = min(length, len(ids))
+            differ = (ids[:n] != first[:n]).nonzero()
+            length = int(differ[0]) if len(differ) else n
+        images = [(ids == image_id).nonzero() for ids in input_ids]
+        if any(len(w) == 0 or int(w.max()) >= length for w in images):
+            return 0, "the shared prompt does not hold the whole image"
+        return length, None
+
+    def _caption_pass(
+        self,
+        decoder: nn.Module,
+        prefix_cache: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        head: EmbeddedInputs,
+        input_ids: Sequence[torch.Tensor],
+        queries: Sequence[torch.Tensor],
+        prefix: int,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One decoder pass of the captions (the tokens after `prefix`) over the prefix's KV
+        cache (shared, never modified): per sample (attn [L, H, R_b, g, g], hidden [L, R_b, D])."""
+        embed = self.language_model.get_input_embeddings()
+        start = head.embeds.shape[1]  # where the captions start in the embedded sequence
+        tails = [ids[prefix:].to(self.device) for ids in input_ids]
+        embeds, mask = _pad_right([embed(t) for t in tails])
+        # Query token i of a sequence is caption token i - prefix, at position start + i - prefix.
+        rows = [q.to(self.device) - prefix + start for q in queries]
+        batch = len(tails)
+        # The prefix's entries seen by every caption without a copy; the decoder wraps them in a
+        # fresh cache, whose entries grow by concatenation: `prefix_cache` is left as it was.
+        cache = tuple((k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
+                      for k, v in prefix_cache)  # fmt: skip
+        padded = not bool(mask.all())
+        key_mask = torch.cat([mask.new_ones(batch, start), mask], dim=1)
+        with RowCapture(
+            decoder,
+            rows=_pad_right(rows, fill=start)[0],  # padding rows read the first caption token
+            columns=head.image_positions[None].expand(batch, -1),
+            key_mask=key_mask if padded else None,
+            release_cache=True,
+        ) as capture:
+            decoder(
+                inputs_embeds=embeds,
+                attention_mask=key_mask.long() if padded else None,
+                past_key_values=cache,
+                use_cache=True,
+                return_dict=True,
+            )
+        attn, hidden, g = capture.attn, capture.hidden, self.dims.grid
+        del capture, cache
+        return [
+            (attn[:, b, :, : len(r)].unflatten(-1, (g, g)), hidden[:, b, : len(r)])
+            for b, r in enumerate(rows)
+        ]
+
     @staticmethod
     def _query_positions(inputs: EmbeddedInputs, query: torch.Tensor) -> torch.Tensor:
         positions = inputs.token_positions[query.to(inputs.token_positions.device)]
@@ -284,25 +421,70 @@ class FrozenLMMAdapter(nn.Module, ABC):
     ) -> list[LMMFeatures]:
         """`extract` of several samples through one batched frozen forward (`features_batch`);
         attn, hidden and vision in `dtype` (None: the LMM's own)."""
-        prepared = []
-        for sample in samples:
-            input_ids = torch.as_tensor(sample["input_ids"], dtype=torch.long)
-            mask_ids = torch.as_tensor(sample["mask_ids"], dtype=torch.long)
-            if input_ids.shape != mask_ids.shape:
-                raise ValueError(
-                    f"input_ids {tuple(input_ids.shape)} and mask_ids {tuple(mask_ids.shape)} "
-                    "differ"
-                )
-            if "pixel_values" in sample:
-                pixel_values, meta = sample["pixel_values"], sample["meta"]
-            else:
-                pixel_values, meta = self.preprocess(sample["image"])
-            query = self._caption_query(mask_ids, sample.get("caption_start"))
-            prepared.append((input_ids, mask_ids, torch.as_tensor(pixel_values), meta, query))
+        prepared = [self._prepare(sample) for sample in samples]
         if not prepared:
             return []
         ids, mids, pixels, metas, queries = zip(*prepared)
         tensors = self.features_batch(ids, self.collate_pixels(pixels, metas), queries, dtype)
+        return self._records(tensors, prepared)
+
+    def extract_group(
+        self,
+        samples: Sequence[dict[str, Any]],
+        dtype: torch.dtype | None = torch.float32,
+        batch_size: int | None = None,
+    ) -> list[LMMFeatures]:
+        """`extract_batch` of samples that share one image (e.g. the referring expressions of a
+        RefCOCO image), with the image's frozen work done once (`features_shared`): the first
+        sample's `image` (or `pixel_values` + `meta`) stands for all. `batch_size` captions run
+        per decoder pass (None: all)."""
+        return [f for chunk in self.iter_group(samples, dtype, batch_size) for f in chunk]
+
+    def iter_group(
+        self,
+        samples: Sequence[dict[str, Any]],
+        dtype: torch.dtype | None = torch.float32,
+        batch_size: int | None = None,
+    ) -> Iterator[list[LMMFeatures]]:
+        """`extract_group`, one caption pass (`batch_size` samples, in order) at a time: a
+        caller that uses and drops each pass's features keeps at most one pass alive."""
+        if not samples:
+            return
+        step = batch_size or len(samples)
+        if not self.shares_prefix:
+            _log_unshared(self, "its prompt layout follows each image")
+            for i in range(0, len(samples), step):
+                yield self.extract_batch(samples[i : i + step], dtype)
+            return
+        image = self._prepare(samples[0])[2:4]
+        prepared = [self._prepare(sample, image) for sample in samples]
+        ids, _, _, _, queries = zip(*prepared)
+        chunks = self._shared_chunks(ids, image[0], queries, dtype, batch_size)
+        for i, tensors in zip(range(0, len(samples), step), chunks):
+            yield self._records(tensors, prepared[i : i + step])
+
+    def _prepare(
+        self, sample: dict[str, Any], image: tuple[torch.Tensor, dict] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict, torch.Tensor]:
+        """(input_ids, mask_ids, pixel_values, meta, query) of a sample; `image` (pixel_values,
+        meta), when given, instead of the sample's own."""
+        input_ids = torch.as_tensor(sample["input_ids"], dtype=torch.long)
+        mask_ids = torch.as_tensor(sample["mask_ids"], dtype=torch.long)
+        if input_ids.shape != mask_ids.shape:
+            raise ValueError(
+                f"input_ids {tuple(input_ids.shape)} and mask_ids {tuple(mask_ids.shape)} differ"
+            )
+        if image is not None:
+            pixel_values, meta = image
+        elif "pixel_values" in sample:
+            pixel_values, meta = sample["pixel_values"], sample["meta"]
+        else:
+            pixel_values, meta = self.preprocess(sample["image"])
+        query = self._caption_query(mask_ids, sample.get("caption_start"))
+        return input_ids, mask_ids, torch.as_tensor(pixel_values), meta, query
+
+    @staticmethod
+    def _records(tensors: Sequence[FeatureTensors], prepared: Sequence[tuple]) -> list[LMMFeatures]:
         return [
             LMMFeatures(
                 attn=attn,
@@ -313,9 +495,7 @@ class FrozenLMMAdapter(nn.Module, ABC):
                 meta=meta,
                 token_ids=i[q],
             )
-            for (attn, hidden, vision), i, m, px, meta, q in zip(
-                tensors, ids, mids, pixels, metas, queries
-            )
+            for (attn, hidden, vision), (i, m, px, meta, q) in zip(tensors, prepared)
         ]
 
     # --- generation -------------------------------------------------------------------------
@@ -412,10 +592,23 @@ class FrozenLMMAdapter(nn.Module, ABC):
         return Answer(text=text, token_ids=new_ids, features=feats)
 
 
-def _pad_right(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """B tensors [T_b, ...] -> (zero-padded [B, T_max, ...], valid mask [B, T_max] bool)."""
+def _log_unshared(adapter: FrozenLMMAdapter, why: str) -> None:
+    """Say (once per adapter and reason) that `extract_group` runs every caption in full."""
+    said = adapter.__dict__.setdefault("_unshared_said", set())
+    if why not in said:
+        said.add(why)
+        logger.warning(
+            "%s: the image's frozen work is not shared between its captions (%s); every caption "
+            "runs the whole prompt, with the same features",
+            type(adapter).__name__,
+            why,
+        )
+
+
+def _pad_right(seqs: Sequence[torch.Tensor], fill: Any = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """B tensors [T_b, ...] -> (`fill`-padded [B, T_max, ...], valid mask [B, T_max] bool)."""
     longest = max(len(s) for s in seqs)
-    out = seqs[0].new_zeros((len(seqs), longest, *seqs[0].shape[1:]))
+    out = seqs[0].new_full((len(seqs), longest, *seqs[0].shape[1:]), fill)
     mask = torch.zeros((len(seqs), longest), dtype=torch.bool, device=seqs[0].device)
     for b, s in enumerate(seqs):
         out[b, : len(s)] = s

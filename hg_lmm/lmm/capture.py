@@ -66,9 +66,10 @@ class RowCapture:
     Arguments:
       decoder: the `LlamaModel` (`LlamaForCausalLM.model`, i.e. without the LM head).
       columns: [B, N] long, the key positions whose probabilities are kept (the image tokens).
-      rows: [B, R] long, query positions to record in one forward that starts at position 0
-        (teacher forcing). Shorter samples pad their rows with any valid position and drop them
-        afterwards.
+      rows: [B, R] long, absolute query positions to record in one forward (teacher forcing):
+        from position 0, or a chunk that continues a KV-cached prefix (the rows are then in the
+        chunk; the keys read from the cache cover prefix and chunk). Shorter samples pad their
+        rows with any position of the chunk and drop them afterwards.
       from_position: instead of `rows`, record every query at a position >= this, across all
         forwards inside the block (KV-cache generation; every batch row shares positions).
       key_mask: optional [B, T] bool, False at padding keys (right padding).
@@ -156,13 +157,15 @@ class RowCapture:
     def _select(self, cache_position: torch.Tensor, batch: int) -> torch.Tensor | None:
         """Indices into this chunk of the rows to record, [B, R], or None for none."""
         if self.rows is not None:
-            last = int(self.rows.max()) if self.rows.numel() else -1
-            if int(cache_position[0]) != 0 or last >= len(cache_position):
+            start = int(cache_position[0])
+            rows = self.rows.to(cache_position.device) - start
+            if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= len(cache_position)):
                 raise RuntimeError(
-                    "RowCapture(rows=...) records one full forward from position 0; use "
-                    "from_position= with a KV cache"
+                    f"RowCapture(rows=...) records one forward, and rows {self.rows.tolist()} are "
+                    f"not all in its chunk (positions {start}..{start + len(cache_position) - 1});"
+                    " use from_position= across several KV-cache steps"
                 )
-            return self.rows
+            return rows
         chosen = (cache_position >= self.from_position).nonzero().flatten()
         return chosen[None].expand(batch, -1) if len(chosen) else None
 

@@ -128,13 +128,16 @@ def read_results(work_dir: str | Path, name: str) -> dict:
 @pytest.fixture(scope="session")
 def two_rank_runs(toy_root, golden_checkpoint, tmp_path_factory) -> Callable[[str], Path]:
     """Every rank-parallel CLI, run once on the toy set with two processes; returns the work dir
-    of a run by name (png, refcoco, refcoco_concat, gcg_infer, reasonseg)."""
+    of a run by name (png, refcoco, refcoco_concat, refcoco_share_splits, gcg_infer,
+    reasonseg)."""
     root = tmp_path_factory.mktemp("two_ranks")
     common = ["--checkpoint", golden_checkpoint, "--data-root", toy_root]
     runs = {
         "png": ("png", []),
         "refcoco": ("refcoco", ["--val"]),  # one forward per expression: slower, val splits
         "refcoco_concat": ("refcoco", ["--concat", "--save-vis", "2"]),
+        # whole images dealt to the ranks, RefCOCO and RefCOCO+ together
+        "refcoco_share_splits": ("refcoco", ["--val", "--share-splits"]),
         "gcg_infer": ("gcg_infer", [*MAX_NEW_TOKENS, "--output-dir", str(root / "gcg_pred")]),
         "reasonseg": ("reasonseg", [*MAX_NEW_TOKENS, "--split", "val", "test"]),
     }

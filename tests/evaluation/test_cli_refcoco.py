@@ -14,13 +14,15 @@ SPLITS = [
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["refcoco", "refcoco_concat"])
+@pytest.mark.parametrize("mode", ["refcoco", "refcoco_concat", "refcoco_share_splits"])
 def test_refcoco_two_ranks_equal_one_rank(
     mode, toy_root, golden_checkpoint, two_rank_runs, tmp_path, monkeypatch
 ) -> None:
+    """Exactly the numbers of one process; with --share-splits whole images go to the ranks."""
     concat = mode.endswith("concat")
     argv = [TINY_CONFIG, "--checkpoint", golden_checkpoint, "--data-root", toy_root, "--val"]
-    run_cli("refcoco", [*argv, "--work-dir", str(tmp_path)] + ["--concat"] * concat, monkeypatch)
+    argv += ["--concat"] * concat + ["--share-splits"] * mode.endswith("share_splits")
+    run_cli("refcoco", [*argv, "--work-dir", str(tmp_path)], monkeypatch)
     one, two = read_results(tmp_path, "refcoco"), read_results(two_rank_runs(mode), "refcoco")
 
     assert (one["world_size"], two["world_size"]) == (1, 2)

@@ -93,6 +93,9 @@ class _PredictNothing:
     def __call__(self, samples, mode="predict"):
         return [{"masks": torch.zeros_like(s.masks)} for s in samples]
 
+    def predict_group(self, samples, batch_size=None):
+        return self(samples)
+
 
 def test_empty_target_is_scored_and_counted(tmp_path, monkeypatch, caplog) -> None:
     masks = torch.zeros(2, 4, 4, dtype=torch.bool)

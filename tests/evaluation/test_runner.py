@@ -165,6 +165,11 @@ class _FakeModel:
 
     def __init__(self) -> None:
         self.calls: list[list[list[str]]] = []
+        self.grouped: list[int] = []  # samples per predict_group call
+
+    def predict_group(self, samples, batch_size=None):
+        self.grouped.append(len(samples))
+        return self(samples)
 
     def __call__(self, samples, mode="predict"):
         assert mode == "predict"

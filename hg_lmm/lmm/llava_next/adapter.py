@@ -319,6 +319,10 @@ class LlavaNextAdapter(FrozenLMMAdapter):
         base = pixels[0] if pixels.dim() == 4 else pixels
         return dataclasses.replace(features, meta=head_meta, pixel_values=base)
 
+    # extract_group falls back to extract_batch (saying so): the shared KV-cached prompt is not
+    # wired for the any-resolution layout, whose image tokens come from `encode_anyres`.
+    shares_prefix = False
+
     def extract_batch(
         self, samples: Sequence[dict[str, Any]], dtype: torch.dtype | None = torch.float32
     ) -> list[LMMFeatures]:
