@@ -111,6 +111,55 @@ DEEPSEEK_VL_CONFIGS: dict[str, dict[str, Any]] = {
         ),
     ),
 }
+# YanweiLi/MGM-2B, MGM-7B and MGM-7B-HD: the decoder sizes of Gemma-2B and Vicuna-7B-v1.5 and MGM's
+# fields as the model cards and upstream's training scripts give them (the hub is not reachable
+# here to read the config.json files; tests/fixtures/mgm pins the resulting key lists).
+_MGM_FIELDS = dict(
+    mm_hidden_size=1024,
+    mm_hidden_size_aux=2880,
+    mm_projector_type="mlp2x_gelu",
+    mm_vision_select_layer=-2,
+    mm_vision_select_feature="patch",
+    mm_vision_tower="openai/clip-vit-large-patch14-336",
+    mm_vision_tower_aux="laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup",
+    image_size_aux=768,
+    image_grid=1,
+    image_global=False,
+)
+_VICUNA_7B = dict(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
+)
+MGM_CONFIGS: dict[str, dict[str, Any]] = {
+    "mgm-2b": dict(
+        _MGM_FIELDS,
+        model_type="mgm_gemma",
+        vocab_size=256000,
+        hidden_size=2048,
+        intermediate_size=16384,
+        num_hidden_layers=18,
+        num_attention_heads=8,
+        num_key_value_heads=1,
+        head_dim=256,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-6,
+    ),
+    "mgm-7b": dict(_MGM_FIELDS, **_VICUNA_7B, model_type="mgm"),
+    "mgm-7b-hd": dict(
+        _MGM_FIELDS,
+        **_VICUNA_7B,
+        model_type="mgm",
+        image_size_aux=1536,
+        image_grid=2,
+        image_global=True,
+    ),  # fmt: skip
+}
 REAL_SHAPES = (*DEEPSEEK_VL_CONFIGS, "llava-1.5-7b")
 TINY = ("tiny-deepseek-vl", "tiny-llava")
 NAMES = (*REAL_SHAPES, *TINY)
@@ -121,6 +170,26 @@ def family(name: str) -> str:
     if name not in NAMES:
         raise ValueError(f"unknown LMM {name!r}; expected one of {NAMES}")
     return "llava" if "llava" in name else "deepseek_vl"
+
+
+def mgm_config(name: str, **overrides: Any) -> Any:
+    """The MGM config of "mgm-2b", "mgm-7b" or "mgm-7b-hd" at its released sizes."""
+    from hg_lmm.lmm.mgm import MGMGemmaConfig, MGMLlamaConfig
+
+    fields = dict(MGM_CONFIGS[name], **overrides)
+    gemma = fields.pop("model_type") == "mgm_gemma"
+    return (MGMGemmaConfig if gemma else MGMLlamaConfig)(**fields)
+
+
+def meta_mgm(name: str) -> Any:
+    """Our MGM model of `name` (`mgm_config`) with its parameters on the meta device."""
+    from accelerate import init_empty_weights
+
+    from hg_lmm.lmm.mgm import mgm_model_class
+
+    config = mgm_config(name)
+    with init_empty_weights(include_buffers=False):
+        return mgm_model_class(config)(config)
 
 
 def llava_1_5_7b_config(tokenizer: Any) -> Any:
