@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hg_lmm.lmm.mgm.adapter import ATTENTION_GRIDS, MGMAdapter, build_mgm_adapter
 from hg_lmm.lmm.mgm.configuration import (
     CLIP_L_336,
     CONVNEXT_LARGE,
@@ -24,9 +25,26 @@ from hg_lmm.lmm.mgm.modeling import (
     MGMLlamaForCausalLM,
     MGMLlamaModel,
 )
+from hg_lmm.lmm.mgm.processing import (
+    CHAT_TEMPLATES,
+    IMAGE_TOKEN,
+    PROMPT_TEMPLATES,
+    MGMImageProcessor,
+    mgm_tokenizer,
+    mgm_train_prompt,
+)
 from hg_lmm.lmm.mgm.vision import CLIPTower, ConvNeXtTower, mine_patches
 
 __all__ = [
+    "ATTENTION_GRIDS",
+    "CHAT_TEMPLATES",
+    "IMAGE_TOKEN",
+    "MGMAdapter",
+    "MGMImageProcessor",
+    "PROMPT_TEMPLATES",
+    "build_mgm_adapter",
+    "mgm_tokenizer",
+    "mgm_train_prompt",
     "CLIP_L_336",
     "CONVNEXT_LARGE",
     "CLIPTower",
