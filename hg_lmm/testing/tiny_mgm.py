@@ -49,6 +49,9 @@ def tiny_mgm_config(
         vocab_size=len(tokenizer), hidden_size=hidden_size, text_layers=text_layers, heads=heads
     )
     mgm = dict(
+        # Names only (the released configs name the towers' repos; our model reads the sizes).
+        mm_vision_tower="tiny-clip",
+        mm_vision_tower_aux="tiny-convnext",
         vision_tower_config=dict(
             hidden_size=hidden_size,
             intermediate_size=2 * hidden_size,
