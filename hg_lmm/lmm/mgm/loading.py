@@ -48,8 +48,18 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _local(path: str | Path, patterns: list[str]) -> Path:
+    """A local folder or file as is; a hub id through `huggingface_hub` (its cache, so offline
+    once downloaded, e.g. by scripts/download_checkpoints.py)."""
+    if Path(path).exists():
+        return Path(path)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id=str(path), allow_patterns=patterns))
+
+
 def _read_keys(folder: Path, keys: set[str]) -> dict[str, torch.Tensor]:
-    """The tensors `keys` of a model folder's safetensors shards (read one by one)."""
+    """The tensors `keys` of a model folder's safetensors (or pytorch_model*.bin) shards."""
     if not keys:
         return {}
     from safetensors import safe_open
@@ -59,13 +69,16 @@ def _read_keys(folder: Path, keys: set[str]) -> dict[str, torch.Tensor]:
         with safe_open(str(f), framework="pt") as shard:
             for k in keys & set(shard.keys()):
                 out[k] = shard.get_tensor(k)
+    for f in sorted(folder.glob("pytorch_model*.bin")) if not out else ():
+        shard = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+        out.update({k: shard[k] for k in keys & set(shard)})
     return out
 
 
 def clip_tower_state(clip_path: str | Path) -> dict[str, torch.Tensor]:
     """A CLIP(Vision)Model checkpoint's vision tensors under MGM's names."""
     out = {}
-    for k, v in _read_tensors(Path(clip_path)).items():
+    for k, v in _read_tensors(_local(clip_path, ["*.json", "*.safetensors"])).items():
         if k.startswith("vision_model."):
             out[CLIP_PREFIX + k] = v
     if not out:
@@ -75,7 +88,7 @@ def clip_tower_state(clip_path: str | Path) -> dict[str, torch.Tensor]:
 
 def convnext_tower_state(convnext_path: str | Path) -> dict[str, torch.Tensor]:
     """open_clip's ConvNeXt checkpoint: the trunk's stem and stages under MGM's names."""
-    path = Path(convnext_path)
+    path = _local(convnext_path, ["open_clip_config.json", "open_clip_pytorch_model.bin"])
     if path.is_dir():
         path = path / "open_clip_pytorch_model.bin"
     out = {}
@@ -101,6 +114,7 @@ def load_mgm(
 
     from hg_lmm.lmm.mgm import mgm_model_class
 
+    model_path = _local(model_path, ["*.json", "*.safetensors", "*.bin", "*.model"])
     config = AutoConfig.from_pretrained(model_path)
     if not hasattr(config, "image_size_aux"):
         raise ValueError(f"{model_path} is not an MGM folder (config.json has no image_size_aux)")
@@ -124,7 +138,7 @@ def load_mgm(
     # legacy rule), which hits the ConvNeXt's layer scales; they are read under their own names.
     renamed = {k for k in info["unexpected_keys"] if k.replace(".weight", ".gamma") in missing}
     extra: dict[str, torch.Tensor] = _read_keys(
-        Path(model_path), {k.replace(".weight", ".gamma") for k in renamed}
+        model_path, {k.replace(".weight", ".gamma") for k in renamed}
     )
     unexpected = set(info["unexpected_keys"]) - renamed
     if clip_path is not None and any(k.startswith(CLIP_PREFIX) for k in missing):
