@@ -114,3 +114,28 @@ def test_loader_takes_the_towers_from_their_repos(tiny, tmp_path):
     got = loaded.state_dict()
     assert set(got) == set(want)
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_hg_head_trains_on_every_variant(tiny):
+    from hg_lmm.heads.hg import HGHead
+    from hg_lmm.model import GroundingModel
+
+    adapter = _adapter(tiny, grid="base")  # the HG configs' reading (HD: the 24x24 grid)
+    model = GroundingModel(lmm=adapter, head=dict(type=HGHead))
+    sample = _sample(adapter, 30, 50)
+    masks = torch.zeros(2, 30, 50, dtype=torch.bool)
+    masks[0, 5:20, 10:30], masks[1, 20:, :] = True, True
+    sample = dict(sample, masks=masks)
+    frozen = {k: v.clone() for k, v in model.lmm.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    totals = []
+    for _ in range(6):
+        losses = model([sample], mode="loss")
+        total = losses["loss_mask"] + losses["loss_dice"]
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        totals.append(float(total))
+    assert all(np.isfinite(totals)) and totals[-1] < totals[0]
+    assert all(torch.equal(v, frozen[k]) for k, v in model.lmm.state_dict().items())
