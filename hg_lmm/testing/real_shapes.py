@@ -8,7 +8,10 @@ processor config. Names:
 - "deepseek-vl-1.3b", "deepseek-vl-7b": the released `config.json` of deepseek-ai/deepseek-vl-
   {1.3b,7b}-chat (tests/testing/test_real_shapes.py checks them against the test fixtures);
 - "llava-1.5-7b": llava-hf/llava-1.5-7b-hf (CLIP-L/14-336 + Vicuna-7B, vocabulary 32064);
-- "tiny-deepseek-vl", "tiny-llava": the tiny test models (seconds on CPU, for smoke runs).
+- "mgm-2b", "mgm-7b", "mgm-7b-hd": YanweiLi/MGM-2B, MGM-7B, MGM-7B-HD (`MGM_CONFIGS`; the
+  folder holds every tensor, towers included, so it loads without the towers' repos);
+- "tiny-deepseek-vl", "tiny-llava", "tiny-mgm": the tiny test models (seconds on CPU, for smoke
+  runs).
 """
 
 from __future__ import annotations
@@ -160,16 +163,24 @@ MGM_CONFIGS: dict[str, dict[str, Any]] = {
         image_global=True,
     ),  # fmt: skip
 }
-REAL_SHAPES = (*DEEPSEEK_VL_CONFIGS, "llava-1.5-7b")
-TINY = ("tiny-deepseek-vl", "tiny-llava")
+REAL_SHAPES = (*DEEPSEEK_VL_CONFIGS, "llava-1.5-7b", *MGM_CONFIGS)
+TINY = ("tiny-deepseek-vl", "tiny-llava", "tiny-mgm")
 NAMES = (*REAL_SHAPES, *TINY)
 
 
 def family(name: str) -> str:
-    """ "deepseek_vl" or "llava"."""
+    """ "deepseek_vl", "llava" or "mgm"."""
     if name not in NAMES:
         raise ValueError(f"unknown LMM {name!r}; expected one of {NAMES}")
-    return "llava" if "llava" in name else "deepseek_vl"
+    for kind in ("llava", "mgm"):
+        if kind in name:
+            return kind
+    return "deepseek_vl"
+
+
+def _mgm_template(name: str) -> str:
+    """The prompt template of an MGM name ("gemma" for MGM-2B)."""
+    return "gemma" if name == "mgm-2b" else "vicuna"
 
 
 def mgm_config(name: str, **overrides: Any) -> Any:
@@ -181,13 +192,13 @@ def mgm_config(name: str, **overrides: Any) -> Any:
     return (MGMGemmaConfig if gemma else MGMLlamaConfig)(**fields)
 
 
-def meta_mgm(name: str) -> Any:
+def meta_mgm(name: str, **overrides: Any) -> Any:
     """Our MGM model of `name` (`mgm_config`) with its parameters on the meta device."""
     from accelerate import init_empty_weights
 
     from hg_lmm.lmm.mgm import mgm_model_class
 
-    config = mgm_config(name)
+    config = mgm_config(name, **overrides)
     with init_empty_weights(include_buffers=False):
         return mgm_model_class(config)(config)
 
@@ -213,6 +224,18 @@ def llava_1_5_7b_config(tokenizer: Any) -> Any:
 def _released_config(name: str, tokenizer: Any, num_layers: int | None = None) -> tuple[Any, Any]:
     """(config, model class) of `name` at its released shapes, wired to `tokenizer`'s special
     tokens; `num_layers` decoder layers instead of the released count when given."""
+    if family(name) == "mgm":
+        from hg_lmm.lmm.mgm import mgm_model_class
+
+        config = mgm_config(
+            name,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        if num_layers is not None:
+            config.num_hidden_layers = num_layers
+        return config, mgm_model_class(config)
     if family(name) == "llava":
         from transformers import LlavaForConditionalGeneration
 
@@ -237,7 +260,7 @@ def _build_random(name: str, folder: Path, seed: int, num_layers: int | None) ->
 
     # A vocabulary large enough for whole words, so that prompts take about as many tokens as
     # with the released tokenizers (e.g. 18 for DeepSeek-VL's training prompt text).
-    tokenizer = tiny_tokenizer(family(name), folder, vocab_size=4000)
+    tokenizer = tiny_tokenizer(_tokenizer_kind(name), folder, vocab_size=4000)
     config, model_cls = _released_config(name, tokenizer, num_layers)
     if family(name) == "deepseek_vl":
         from hg_lmm.lmm.deepseek_vl.adapter import default_image_processor
@@ -255,6 +278,12 @@ def _build_random(name: str, folder: Path, seed: int, num_layers: int | None) ->
     model.save_pretrained(folder)
 
 
+def _tokenizer_kind(name: str) -> str:
+    if family(name) == "mgm":
+        return f"mgm_{_mgm_template(name)}"
+    return family(name)
+
+
 def meta_adapter(*, name: str, tokenizer_dir: str | Path) -> Any:
     """The frozen adapter of `name` at its released shapes, its LMM on the meta device (no
     memory, no weights, no download), with a small tokenizer saved to `tokenizer_dir`.
@@ -266,7 +295,7 @@ def meta_adapter(*, name: str, tokenizer_dir: str | Path) -> Any:
 
     if name not in REAL_SHAPES:
         raise ValueError(f"unknown LMM {name!r}; expected one of {REAL_SHAPES}")
-    tokenizer = tiny_tokenizer(family(name), tokenizer_dir, vocab_size=400)
+    tokenizer = tiny_tokenizer(_tokenizer_kind(name), tokenizer_dir, vocab_size=400)
     config, model_cls = _released_config(name, tokenizer)
     from accelerate import init_empty_weights
 
@@ -278,6 +307,13 @@ def meta_adapter(*, name: str, tokenizer_dir: str | Path) -> Any:
 
         processor = LlavaImageProcessor(image_size=config.vision_config.image_size)
         return LlavaAdapter(lmm=lmm, tokenizer=tokenizer, processor=processor)
+    if family(name) == "mgm":
+        from hg_lmm.lmm.mgm import MGMAdapter, MGMImageProcessor
+
+        processor = MGMImageProcessor(image_size=config.image_size_aux)
+        return MGMAdapter(
+            lmm=lmm, tokenizer=tokenizer, processor=processor, template=_mgm_template(name)
+        )
     from hg_lmm.lmm.deepseek_vl import DeepseekVLAdapter
     from hg_lmm.lmm.deepseek_vl.adapter import default_image_processor
 
@@ -303,6 +339,10 @@ def random_lmm_folder(
         from hg_lmm.testing.tiny_deepseek_vl import tiny_deepseek_vl
 
         return build_once(folder, lambda f: tiny_deepseek_vl(f, "1.3b"))
+    if name == "tiny-mgm":
+        from hg_lmm.testing.tiny_mgm import tiny_mgm
+
+        return build_once(folder, lambda f: tiny_mgm(f, variant="vicuna"))
     family(name)  # validates the name
     return build_once(folder, lambda f: _build_random(name, f, seed, num_layers))
 
@@ -310,6 +350,11 @@ def random_lmm_folder(
 def load_adapter(name: str, model_path: str | Path, **kwargs: Any) -> Any:
     """The frozen adapter of `name`'s family loaded from `model_path` through its builder (the
     path released checkpoints take). kwargs go to the builder (torch_dtype, eager_features)."""
+    if family(name) == "mgm":
+        from hg_lmm.lmm.mgm import build_mgm_adapter
+
+        template = "vicuna" if name == "tiny-mgm" else _mgm_template(name)
+        return build_mgm_adapter(model_path=model_path, template=template, **kwargs)
     if family(name) == "llava":
         from hg_lmm.lmm.llava import build_llava_adapter
         from hg_lmm.testing.tiny_models import TINY_LLAVA_VISION_LAYERS
