@@ -354,6 +354,7 @@ def load_adapter(name: str, model_path: str | Path, **kwargs: Any) -> Any:
         from hg_lmm.lmm.mgm import build_mgm_adapter
 
         template = "vicuna" if name == "tiny-mgm" else _mgm_template(name)
+        kwargs.setdefault("attention_grid", "base")  # the HG head's reading (MGM-7B-HD)
         return build_mgm_adapter(model_path=model_path, template=template, **kwargs)
     if family(name) == "llava":
         from hg_lmm.lmm.llava import build_llava_adapter
