@@ -183,6 +183,12 @@ def test_llava_next_models_train_in_bf16(leaf, tiny_dir, toy_root):
     _bf16_step(leaf, tiny_dir, toy_root)
 
 
+@pytest.mark.parametrize("leaf", [leaf for leaf in LEAVES if "_mgm_" in leaf.id],
+                         ids=lambda leaf: leaf.id)  # fmt: skip
+def test_mgm_models_train_in_bf16(leaf, tiny_dir, toy_root):
+    _bf16_step(leaf, tiny_dir, toy_root)
+
+
 # --- a real ZeRO-2 engine on CPU ---------------------------------------------------------------
 
 _DRIVER = r"""

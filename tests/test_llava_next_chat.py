@@ -1,5 +1,6 @@
 """The chat path (answer -> noun phrases -> grounding, and referring segmentation) runs with the
-four LLaVA-NeXT configs, each on its tiny LMM (the demo and the web demo drive `GroundedChat`)."""
+four LLaVA-NeXT and six Mini-Gemini configs, each on its tiny LMM (the demo and the web demo
+drive `GroundedChat`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from hg_lmm.chat import GroundedChat, load_user_image
 from tests.test_released_configs import LEAVES, load_leaf, tiny_overrides
 
-NEXT = [leaf for leaf in LEAVES if "llava_next" in leaf.id]
+NEXT = [leaf for leaf in LEAVES if "llava_next" in leaf.id or "_mgm_" in leaf.id]
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""The ten released configs: original file names, the reference recipes, and that each one builds
-the right head and a working data pipeline once its LMM is swapped for a tiny one.
+"""The sixteen released configs: original file names, the reference recipes, and that each one
+builds the right head and a working data pipeline once its LMM is swapped for a tiny one.
 
 Real LMMs and SAM weights are never loaded here: `tiny_overrides` replaces `cfg.model.lmm` with
 the matching tiny adapter, SAM with a tiny random SAM, the tokenizer and prompt with the tiny
@@ -28,7 +28,7 @@ class Leaf:
 
     path: str
     head: str  # "hg" (HG head) or "unet_sam" (U-Net+SAM head)
-    lmm: str  # "1.3b", "7b" (DeepSeek-VL styles), "llava", "llava_next_vicuna"/"_mistral"
+    lmm: str  # "1.3b", "7b" (DeepSeek-VL), "llava", "llava_next_vicuna"/"_mistral", "mgm_*"
     model_path: str
     max_epochs: int
     batch_size: int
@@ -106,6 +106,23 @@ LEAVES = [
         for d, path in (("vicuna", NEXT_V), ("mistral", NEXT_M))
     ),
 ]
+# Mini-Gemini: (config stem, leaf lmm, hub id).
+MGM = (
+    ("gemma_2b", "mgm_gemma_2b", "YanweiLi/MGM-2B"),
+    ("vicuna_7b", "mgm_vicuna_7b", "YanweiLi/MGM-7B"),
+    ("vicuna_7b_hd", "mgm_vicuna_7b_hd", "YanweiLi/MGM-7B-HD"),
+)
+MGM_TINY = {"mgm_gemma_2b": "gemma", "mgm_vicuna_7b": "vicuna", "mgm_vicuna_7b_hd": "vicuna_hd"}
+LEAVES += [
+    *(
+        Leaf(f"mgm/frozen_mgm_{s}_unet_sam_l_refcoco_png.py", "unet_sam", lmm, path, 8, 1, 1e-4)
+        for s, lmm, path in MGM
+    ),
+    *(
+        Leaf(f"mgm/hg_frozen_mgm_{s}_refcoco_png.py", "hg", lmm, path, 4, 1, 1e-4)
+        for s, lmm, path in MGM
+    ),
+]
 LEAF_IDS = [leaf.id for leaf in LEAVES]
 
 
@@ -125,6 +142,10 @@ def expected_prompt(leaf: Leaf) -> str:
         from hg_lmm.lmm.llava_next import llava_next_train_prompt
 
         return llava_next_train_prompt(leaf.lmm.removeprefix("llava_next_"))
+    if leaf.lmm.startswith("mgm_"):
+        from hg_lmm.lmm.mgm import mgm_train_prompt
+
+        return mgm_train_prompt("gemma" if "gemma" in leaf.lmm else "vicuna")
     from hg_lmm.lmm.deepseek_vl.configuration import MultiModalityConfig
     from hg_lmm.lmm.deepseek_vl.processing import deepseek_vl_train_prompt
 
@@ -154,10 +175,18 @@ def tiny_overrides(cfg, leaf: Leaf, tiny_dir: Path, toy_root: Path):
         tiny_llava_next_adapter,
         tiny_llava_next_tokenizer,
     )
+    from hg_lmm.testing.tiny_mgm import tiny_mgm_adapter, tiny_mgm_tokenizer
     from hg_lmm.testing.tiny_models import tiny_llava_adapter, tiny_llava_tokenizer
     from hg_lmm.testing.tiny_sam import tiny_sam
 
-    if leaf.lmm.startswith("llava_next_"):
+    if leaf.lmm.startswith("mgm_"):
+        variant = MGM_TINY[leaf.lmm]
+        cache = str(tiny_dir / leaf.lmm)
+        grid = cfg.model.lmm.get("attention_grid", "fine")  # the released reading
+        lmm = dict(type=tiny_mgm_adapter, variant=variant, attention_grid=grid, cache_dir=cache)
+        tokenizer = dict(type=tiny_mgm_tokenizer, variant=variant, cache_dir=cache)
+        prompt = None  # the template does not depend on the model size: keep the config's
+    elif leaf.lmm.startswith("llava_next_"):
         decoder = leaf.lmm.removeprefix("llava_next_")
         cache = str(tiny_dir / leaf.lmm)
         grid = cfg.model.lmm.attention_grid  # the released reading, on the tiny model
@@ -220,6 +249,22 @@ def test_recipe(leaf):
         assert model.lmm.template == leaf.lmm.removeprefix("llava_next_")
         # F-LMM's reading for its U-Net head; the HG head needs the fixed base grid.
         assert model.lmm.attention_grid == ("base" if leaf.head == "hg" else "fine")
+    if leaf.lmm.startswith("mgm_"):
+        from hg_lmm.lmm.mgm import build_mgm_adapter, mgm_tokenizer
+
+        builder = build_mgm_adapter
+        assert model.lmm.template == ("gemma" if "gemma" in leaf.lmm else "vicuna")
+        # F-LMM's towers; the HD reading as for LLaVA-NeXT (fine for U-Net, base for HG).
+        assert model.lmm.clip_path == "openai/clip-vit-large-patch14-336"
+        assert model.lmm.convnext_path == (
+            "laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup"
+        )
+        if leaf.lmm.endswith("_hd"):
+            assert model.lmm.attention_grid == ("base" if leaf.head == "hg" else "fine")
+        else:
+            assert model.lmm.get("attention_grid", "fine") == "fine"
+        for d in cfg.train_dataloader.dataset.datasets:
+            assert d.transform.tokenizer.type is mgm_tokenizer  # adds <image> as F-LMM does
     assert model.lmm.type is builder
     assert model.lmm.model_path == leaf.model_path
     assert model.lmm.torch_dtype == "bfloat16"

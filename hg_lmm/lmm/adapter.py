@@ -161,6 +161,12 @@ class FrozenLMMAdapter(nn.Module, ABC):
     def _pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return pixel_values.to(self.device, self.dtype)
 
+    def grid_attention(self, attn: torch.Tensor) -> torch.Tensor:
+        """Attention rows over the N image tokens -> the maps the heads read:
+        [L, H, T, N] -> [L, H, T, g, g] (row-major patch grid). An LMM whose image tokens form
+        several grids overrides it (MGM-HD: [2L, H, T, h, w])."""
+        return attn.unflatten(-1, (self.dims.grid, self.dims.grid))
+
     # --- features ---------------------------------------------------------------------------
 
     def features(
@@ -225,14 +231,14 @@ class FrozenLMMAdapter(nn.Module, ABC):
                 use_cache=True,
                 return_dict=True,
             )
-        attn, hidden, g = capture.attn, capture.hidden, self.dims.grid
+        attn, hidden = capture.attn, capture.hidden
         del capture  # its per-layer records, now stacked into attn and hidden
         # With several samples, each gets its own storage rather than a view of the batch's, so
         # that a training step frees a sample's features as soon as its backward is done.
         copy = len(rows) > 1
         return [
             (
-                attn[:, b, :, : len(r)].unflatten(-1, (g, g)).to(dtype, copy=copy),
+                self.grid_attention(attn[:, b, :, : len(r)]).to(dtype, copy=copy),
                 hidden[:, b, : len(r)].to(dtype, copy=copy),
                 vision[b].to(dtype, copy=copy),
             )
@@ -260,8 +266,9 @@ class FrozenLMMAdapter(nn.Module, ABC):
                 "attn_implementation='eager' or 'sdpa' for eager_features=True"
             )
         img = inputs.image_positions
-        attn = torch.stack([a[0][:, positions][:, :, img] for a in out.attentions])
-        attn = attn.unflatten(-1, (self.dims.grid, self.dims.grid))
+        attn = self.grid_attention(
+            torch.stack([a[0][:, positions][:, :, img] for a in out.attentions])
+        )
         hidden = torch.stack(out.hidden_states[1:])[:, 0, positions]
         return attn.float(), hidden.float(), vision.float()
 
@@ -500,6 +507,12 @@ class FrozenLMMAdapter(nn.Module, ABC):
 
     # --- generation -------------------------------------------------------------------------
 
+    @property
+    def stop_token_id(self) -> int:
+        """The token that ends an answer (the tokenizer's eos unless the chat template ends its
+        turns with another one)."""
+        return self.tokenizer.eos_token_id
+
     def _generate(self, inputs: EmbeddedInputs, max_new_tokens: int) -> Any:
         """Greedy `generate` from the prompt embeddings (HF's output with its KV cache)."""
         return self.language_model.generate(
@@ -510,14 +523,14 @@ class FrozenLMMAdapter(nn.Module, ABC):
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=self.stop_token_id,
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
             return_dict_in_generate=True,
         )
 
     def _new_tokens(self, out: Any) -> torch.Tensor:
         new = out.sequences[0]  # with inputs_embeds only, generate returns just the new tokens
-        if len(new) and new[-1] == self.tokenizer.eos_token_id:
+        if len(new) and new[-1] == self.stop_token_id:
             new = new[:-1]
         return new
 
@@ -558,7 +571,7 @@ class FrozenLMMAdapter(nn.Module, ABC):
             return new.cpu(), None
         if capture.num_rows < t:
             raise RuntimeError(f"recorded {capture.num_rows} rows for {t} generated tokens")
-        attn = capture.attn[:, 0, :, :t].unflatten(-1, (self.dims.grid, self.dims.grid))
+        attn = self.grid_attention(capture.attn[:, 0, :, :t])
         return new.cpu(), (attn.float(), capture.hidden[:, 0, :t].float(), vision.float())
 
     def answer(self, image: Image.Image, question: str, max_new_tokens: int = 64) -> Answer:

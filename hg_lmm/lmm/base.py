@@ -25,8 +25,9 @@ class LMMDims:
       vision_channels: C, width of each projected vision feature (the LMM's projector output).
       vision_layers: the vision-tower blocks (0-based) whose projected outputs form `vision`.
       image_size: S, side of the square `pixel_values` the vision tower receives.
-      attn_maps: M, attention maps per layer and head (1; 2 for LLaVA-NeXT: its coarse and fine
-        image grids, F-LMM's reading). `attn` then holds M*L "layers", group-major.
+      attn_maps: M, attention maps per layer and head (1; 2 for LLaVA-NeXT and MGM-7B-HD: their
+        coarse and fine image grids, F-LMM's reading). `attn` then holds M*L "layers" in
+        F-LMM's order: group-major for LLaVA-NeXT, layer-major (entry M*l + m) for MGM-HD.
       fixed_grid: whether `attn` always lies on the g x g grid (False: LLaVA-NeXT read on its
         fine grid, whose size follows each image's aspect ratio; g is then the coarse grid).
     """

@@ -6,9 +6,9 @@ or answer tokens) over the N image columns, plus those rows' hidden states: O(L*
 O(L*H*T^2), and `output_hidden_states=True` keeps every position of every layer.
 
 `RowCapture` leaves the decoder's own attention (SDPA, flash or eager) untouched and records,
-with forward hooks on the public submodules of each `LlamaAttention` or `MistralAttention`
-(transformers 4.39.1; Mistral's RoPE table is indexed by position, and its sliding window must
-cover the sequence):
+with forward hooks on the public submodules of each `LlamaAttention`, `MistralAttention` or
+`GemmaAttention` (transformers 4.39.1; Mistral's RoPE table is indexed by position, and its
+sliding window must cover the sequence; Gemma's RoPE and attention are Llama's):
 
 - the query projection's output at the requested rows, with RoPE applied by the module's own
   `rotary_emb` at the positions the module received;
@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.models.gemma.modeling_gemma import GemmaAttention
 from transformers.models.llama.modeling_llama import (
     LlamaAttention,
     apply_rotary_pos_emb,
@@ -98,8 +99,9 @@ class RowCapture:
         bad = [type(layer.self_attn).__name__ for layer in layers if not _is_llama(layer)]
         if not layers or bad or not hasattr(decoder, "norm"):
             raise TypeError(
-                "RowCapture needs a transformers LlamaModel or MistralModel (layers[i].self_attn a "
-                f"LlamaAttention or MistralAttention, a final `norm`); got "
+                "RowCapture needs a transformers LlamaModel, MistralModel or GemmaModel "
+                "(layers[i].self_attn a "
+                f"Llama, Mistral or Gemma attention, a final `norm`); got "
                 f"{type(decoder).__name__} {bad}"
             )
         self.layers = layers
@@ -249,7 +251,9 @@ class RowCapture:
 
 
 def _is_llama(layer: nn.Module) -> bool:
-    return isinstance(getattr(layer, "self_attn", None), (LlamaAttention, MistralAttention))
+    return isinstance(
+        getattr(layer, "self_attn", None), (LlamaAttention, MistralAttention, GemmaAttention)
+    )
 
 
 def _rotary(

@@ -8,7 +8,10 @@ processor config. Names:
 - "deepseek-vl-1.3b", "deepseek-vl-7b": the released `config.json` of deepseek-ai/deepseek-vl-
   {1.3b,7b}-chat (tests/testing/test_real_shapes.py checks them against the test fixtures);
 - "llava-1.5-7b": llava-hf/llava-1.5-7b-hf (CLIP-L/14-336 + Vicuna-7B, vocabulary 32064);
-- "tiny-deepseek-vl", "tiny-llava": the tiny test models (seconds on CPU, for smoke runs).
+- "mgm-2b", "mgm-7b", "mgm-7b-hd": YanweiLi/MGM-2B, MGM-7B, MGM-7B-HD (`MGM_CONFIGS`; the
+  folder holds every tensor, towers included, so it loads without the towers' repos);
+- "tiny-deepseek-vl", "tiny-llava", "tiny-mgm": the tiny test models (seconds on CPU, for smoke
+  runs).
 """
 
 from __future__ import annotations
@@ -111,16 +114,93 @@ DEEPSEEK_VL_CONFIGS: dict[str, dict[str, Any]] = {
         ),
     ),
 }
-REAL_SHAPES = (*DEEPSEEK_VL_CONFIGS, "llava-1.5-7b")
-TINY = ("tiny-deepseek-vl", "tiny-llava")
+# YanweiLi/MGM-2B, MGM-7B and MGM-7B-HD: the decoder sizes of Gemma-2B and Vicuna-7B-v1.5 and MGM's
+# fields as the model cards and upstream's training scripts give them (the hub is not reachable
+# here to read the config.json files; tests/fixtures/mgm pins the resulting key lists).
+_MGM_FIELDS = dict(
+    mm_hidden_size=1024,
+    mm_hidden_size_aux=2880,
+    mm_projector_type="mlp2x_gelu",
+    mm_vision_select_layer=-2,
+    mm_vision_select_feature="patch",
+    mm_vision_tower="openai/clip-vit-large-patch14-336",
+    mm_vision_tower_aux="laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup",
+    image_size_aux=768,
+    image_grid=1,
+    image_global=False,
+)
+_VICUNA_7B = dict(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
+)
+MGM_CONFIGS: dict[str, dict[str, Any]] = {
+    "mgm-2b": dict(
+        _MGM_FIELDS,
+        model_type="mgm_gemma",
+        vocab_size=256000,
+        hidden_size=2048,
+        intermediate_size=16384,
+        num_hidden_layers=18,
+        num_attention_heads=8,
+        num_key_value_heads=1,
+        head_dim=256,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-6,
+    ),
+    "mgm-7b": dict(_MGM_FIELDS, **_VICUNA_7B, model_type="mgm"),
+    "mgm-7b-hd": dict(
+        _MGM_FIELDS,
+        **_VICUNA_7B,
+        model_type="mgm",
+        image_size_aux=1536,
+        image_grid=2,
+        image_global=True,
+    ),  # fmt: skip
+}
+REAL_SHAPES = (*DEEPSEEK_VL_CONFIGS, "llava-1.5-7b", *MGM_CONFIGS)
+TINY = ("tiny-deepseek-vl", "tiny-llava", "tiny-mgm")
 NAMES = (*REAL_SHAPES, *TINY)
 
 
 def family(name: str) -> str:
-    """ "deepseek_vl" or "llava"."""
+    """ "deepseek_vl", "llava" or "mgm"."""
     if name not in NAMES:
         raise ValueError(f"unknown LMM {name!r}; expected one of {NAMES}")
-    return "llava" if "llava" in name else "deepseek_vl"
+    for kind in ("llava", "mgm"):
+        if kind in name:
+            return kind
+    return "deepseek_vl"
+
+
+def _mgm_template(name: str) -> str:
+    """The prompt template of an MGM name ("gemma" for MGM-2B)."""
+    return "gemma" if name == "mgm-2b" else "vicuna"
+
+
+def mgm_config(name: str, **overrides: Any) -> Any:
+    """The MGM config of "mgm-2b", "mgm-7b" or "mgm-7b-hd" at its released sizes."""
+    from hg_lmm.lmm.mgm import MGMGemmaConfig, MGMLlamaConfig
+
+    fields = dict(MGM_CONFIGS[name], **overrides)
+    gemma = fields.pop("model_type") == "mgm_gemma"
+    return (MGMGemmaConfig if gemma else MGMLlamaConfig)(**fields)
+
+
+def meta_mgm(name: str, **overrides: Any) -> Any:
+    """Our MGM model of `name` (`mgm_config`) with its parameters on the meta device."""
+    from accelerate import init_empty_weights
+
+    from hg_lmm.lmm.mgm import mgm_model_class
+
+    config = mgm_config(name, **overrides)
+    with init_empty_weights(include_buffers=False):
+        return mgm_model_class(config)(config)
 
 
 def llava_1_5_7b_config(tokenizer: Any) -> Any:
@@ -144,6 +224,18 @@ def llava_1_5_7b_config(tokenizer: Any) -> Any:
 def _released_config(name: str, tokenizer: Any, num_layers: int | None = None) -> tuple[Any, Any]:
     """(config, model class) of `name` at its released shapes, wired to `tokenizer`'s special
     tokens; `num_layers` decoder layers instead of the released count when given."""
+    if family(name) == "mgm":
+        from hg_lmm.lmm.mgm import mgm_model_class
+
+        config = mgm_config(
+            name,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        if num_layers is not None:
+            config.num_hidden_layers = num_layers
+        return config, mgm_model_class(config)
     if family(name) == "llava":
         from transformers import LlavaForConditionalGeneration
 
@@ -168,7 +260,7 @@ def _build_random(name: str, folder: Path, seed: int, num_layers: int | None) ->
 
     # A vocabulary large enough for whole words, so that prompts take about as many tokens as
     # with the released tokenizers (e.g. 18 for DeepSeek-VL's training prompt text).
-    tokenizer = tiny_tokenizer(family(name), folder, vocab_size=4000)
+    tokenizer = tiny_tokenizer(_tokenizer_kind(name), folder, vocab_size=4000)
     config, model_cls = _released_config(name, tokenizer, num_layers)
     if family(name) == "deepseek_vl":
         from hg_lmm.lmm.deepseek_vl.adapter import default_image_processor
@@ -186,6 +278,12 @@ def _build_random(name: str, folder: Path, seed: int, num_layers: int | None) ->
     model.save_pretrained(folder)
 
 
+def _tokenizer_kind(name: str) -> str:
+    if family(name) == "mgm":
+        return f"mgm_{_mgm_template(name)}"
+    return family(name)
+
+
 def meta_adapter(*, name: str, tokenizer_dir: str | Path) -> Any:
     """The frozen adapter of `name` at its released shapes, its LMM on the meta device (no
     memory, no weights, no download), with a small tokenizer saved to `tokenizer_dir`.
@@ -197,7 +295,7 @@ def meta_adapter(*, name: str, tokenizer_dir: str | Path) -> Any:
 
     if name not in REAL_SHAPES:
         raise ValueError(f"unknown LMM {name!r}; expected one of {REAL_SHAPES}")
-    tokenizer = tiny_tokenizer(family(name), tokenizer_dir, vocab_size=400)
+    tokenizer = tiny_tokenizer(_tokenizer_kind(name), tokenizer_dir, vocab_size=400)
     config, model_cls = _released_config(name, tokenizer)
     from accelerate import init_empty_weights
 
@@ -209,6 +307,13 @@ def meta_adapter(*, name: str, tokenizer_dir: str | Path) -> Any:
 
         processor = LlavaImageProcessor(image_size=config.vision_config.image_size)
         return LlavaAdapter(lmm=lmm, tokenizer=tokenizer, processor=processor)
+    if family(name) == "mgm":
+        from hg_lmm.lmm.mgm import MGMAdapter, MGMImageProcessor
+
+        processor = MGMImageProcessor(image_size=config.image_size_aux)
+        return MGMAdapter(
+            lmm=lmm, tokenizer=tokenizer, processor=processor, template=_mgm_template(name)
+        )
     from hg_lmm.lmm.deepseek_vl import DeepseekVLAdapter
     from hg_lmm.lmm.deepseek_vl.adapter import default_image_processor
 
@@ -234,6 +339,10 @@ def random_lmm_folder(
         from hg_lmm.testing.tiny_deepseek_vl import tiny_deepseek_vl
 
         return build_once(folder, lambda f: tiny_deepseek_vl(f, "1.3b"))
+    if name == "tiny-mgm":
+        from hg_lmm.testing.tiny_mgm import tiny_mgm
+
+        return build_once(folder, lambda f: tiny_mgm(f, variant="vicuna"))
     family(name)  # validates the name
     return build_once(folder, lambda f: _build_random(name, f, seed, num_layers))
 
@@ -241,6 +350,12 @@ def random_lmm_folder(
 def load_adapter(name: str, model_path: str | Path, **kwargs: Any) -> Any:
     """The frozen adapter of `name`'s family loaded from `model_path` through its builder (the
     path released checkpoints take). kwargs go to the builder (torch_dtype, eager_features)."""
+    if family(name) == "mgm":
+        from hg_lmm.lmm.mgm import build_mgm_adapter
+
+        template = "vicuna" if name == "tiny-mgm" else _mgm_template(name)
+        kwargs.setdefault("attention_grid", "base")  # the HG head's reading (MGM-7B-HD)
+        return build_mgm_adapter(model_path=model_path, template=template, **kwargs)
     if family(name) == "llava":
         from hg_lmm.lmm.llava import build_llava_adapter
         from hg_lmm.testing.tiny_models import TINY_LLAVA_VISION_LAYERS

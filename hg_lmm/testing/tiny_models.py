@@ -30,6 +30,16 @@ _CORPUS = [
 _SPECIALS = {
     # LLaVA-1.5 (Vicuna) uses the Llama sentencepiece tokenizer plus one added `<image>` token.
     "llava": dict(bos="<s>", eos="</s>", unk="<unk>", pad="<pad>", extra=["<image>"]),
+    # MGM's released tokenizers have no `<image>` (F-LMM adds it): Vicuna's Llama tokenizer, and
+    # Gemma's with its turn markers.
+    "mgm_vicuna": dict(bos="<s>", eos="</s>", unk="<unk>", pad="<pad>", extra=[]),
+    "mgm_gemma": dict(
+        bos="<bos>",
+        eos="<eos>",
+        unk="<unk>",
+        pad="<pad>",
+        extra=["<start_of_turn>", "<end_of_turn>"],
+    ),
     # DeepSeek-VL uses a byte-level BPE LlamaTokenizerFast with these names.
     "deepseek_vl": dict(
         bos="<｜begin▁of▁sentence｜>",
@@ -55,7 +65,7 @@ def tiny_tokenizer(kind: str, save_dir: str | Path, vocab_size: int = 400):
         raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {sorted(_SPECIALS)}")
     spec = _SPECIALS[kind]
     specials = [t for t in (spec["unk"], spec["bos"], spec["eos"], spec["pad"]) if t]
-    if kind == "llava":
+    if kind in ("llava", "mgm_vicuna", "mgm_gemma"):
         tok = Tokenizer(models.BPE(unk_token=spec["unk"]))
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", add_prefix_space=True)
         tok.decoder = decoders.Metaspace(replacement="▁", add_prefix_space=True)
@@ -82,7 +92,8 @@ def tiny_tokenizer(kind: str, save_dir: str | Path, vocab_size: int = 400):
         add_eos_token=False,
         legacy=False,
     )
-    fast.add_special_tokens({"additional_special_tokens": spec["extra"]})
+    if spec["extra"]:
+        fast.add_special_tokens({"additional_special_tokens": spec["extra"]})
     save_dir = Path(save_dir)
     fast.save_pretrained(save_dir)
     return AutoTokenizer.from_pretrained(save_dir)

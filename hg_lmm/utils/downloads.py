@@ -80,10 +80,6 @@ class HubModel:
 
 
 _GDRIVE = "(Google Drive)"
-_MGM = (
-    "Mini-Gemini is not implemented in this project yet: it needs a weight-compatible MGM (CLIP-L "
-    "and ConvNeXt towers, patch-info mining, Gemma / LLaMA decoders) under hg_lmm/lmm/"
-)
 _HPT = (
     "HPT's model code is published only on the Hugging Face hub (loaded with "
     "trust_remote_code=True), so this project cannot implement it faithfully offline; see "
@@ -166,21 +162,18 @@ ARTIFACTS: tuple[Artifact, ...] = (
         "configs/mgm/frozen_mgm_gemma_2b_unet_sam_l_refcoco_png.py",
         "13wHk-dHa4in1rfIRzKCf-xEHwhaCz_6Y",
         "U-Net+SAM head (F-LMM) for Mini-Gemini-2B (Gemma)",
-        unsupported=_MGM,
     ),
     _head(
         "mgm_vicuna_7b",
         "configs/mgm/frozen_mgm_vicuna_7b_unet_sam_l_refcoco_png.py",
         "1Gg57bLJfx2zvYQyyE7Fjfw3hCq9ucVyN",
         "U-Net+SAM head (F-LMM) for Mini-Gemini-7B",
-        unsupported=_MGM,
     ),
     _head(
         "mgm_vicuna_7b_hd",
         "configs/mgm/frozen_mgm_vicuna_7b_hd_unet_sam_l_refcoco_png.py",
         "1CDRI1l0FdTra7EZH_NNEha_QfA2cdbYb",
         "U-Net+SAM head (F-LMM) for Mini-Gemini-7B-HD",
-        unsupported=_MGM,
     ),
     _head(
         "hpt_air",
@@ -231,6 +224,32 @@ HUB_MODELS: tuple[HubModel, ...] = (
         name="lmm_llava_next_mistral_7b",
         repo_id="llava-hf/llava-v1.6-mistral-7b-hf",
         config="configs/_base_/models/llava_next_mistral_7b.py",
+    ),
+    HubModel(
+        name="lmm_mgm_2b",
+        repo_id="YanweiLi/MGM-2B",
+        config="configs/_base_/models/mgm_gemma_2b.py",
+    ),
+    HubModel(
+        name="lmm_mgm_7b",
+        repo_id="YanweiLi/MGM-7B",
+        config="configs/_base_/models/mgm_vicuna_7b.py",
+    ),
+    HubModel(
+        name="lmm_mgm_7b_hd",
+        repo_id="YanweiLi/MGM-7B-HD",
+        config="configs/_base_/models/mgm_vicuna_7b_hd.py",
+    ),
+    # The two towers every MGM config loads as F-LMM does (`clip_path`, `convnext_path`).
+    HubModel(
+        name="lmm_mgm_clip_l_336",
+        repo_id="openai/clip-vit-large-patch14-336",
+        config="configs/_base_/models/mgm_vicuna_7b.py",
+    ),
+    HubModel(
+        name="lmm_mgm_convnext_l_320",
+        repo_id="laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup",
+        config="configs/_base_/models/mgm_vicuna_7b.py",
     ),
 )
 

@@ -50,3 +50,25 @@ def test_tiny_folder_loads_through_the_builder(tmp_path):
     assert adapter.dims.num_image_tokens == 16 and not adapter.eager_features
     with pytest.raises(ValueError, match="unknown LMM"):
         family("gpt-2")
+
+
+@pytest.mark.parametrize(
+    "name, dims",
+    [
+        ("mgm-2b", (18, 8, 2048, 24, 768, 144)),
+        ("mgm-7b", (32, 32, 4096, 24, 768, 1024)),
+        ("mgm-7b-hd", (32, 32, 4096, 24, 1536, 2048)),
+    ],
+)
+def test_mgm_meta_adapters_have_the_released_dims(name, dims, tmp_path):
+    from hg_lmm.testing.real_shapes import meta_adapter
+
+    d = meta_adapter(name=name, tokenizer_dir=tmp_path).dims
+    assert (d.num_layers, d.num_heads, d.hidden_size, d.grid, d.image_size) == dims[:5]
+    assert d.attn_channels == dims[5] and d.vision_channels == d.hidden_size
+
+
+def test_tiny_mgm_folder_loads_through_the_builder(tmp_path):
+    folder = random_lmm_folder("tiny-mgm", tmp_path / "tiny")
+    adapter = load_adapter("tiny-mgm", folder, torch_dtype="float32")
+    assert adapter.dims.num_image_tokens == 9 and family("mgm-7b-hd") == "mgm"

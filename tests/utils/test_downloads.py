@@ -108,12 +108,16 @@ def test_table_uses_the_names_the_configs_expect() -> None:
             assert (REPO / item.config).is_file() == (item.unsupported is None), item.name
     default = {a.name for a in downloads.artifacts()}
     assert {"hg_deepseek_vl_1_3b", "hg_deepseek_vl_7b", "hg_llava_1_5_7b", "sam_vit_l"} <= default
-    assert not {"hpt_air", "hpt_air_1_5", "mgm_gemma_2b"} & default
+    assert not {"hpt_air", "hpt_air_1_5"} & default
+    assert {"mgm_gemma_2b", "mgm_vicuna_7b", "mgm_vicuna_7b_hd"} <= default
     sam = next(a for a in downloads.ARTIFACTS if a.name == "sam_vit_l")
     head_base = (REPO / "configs/_base_/models/unet_sam_l_head.py").read_text()
     assert f'"checkpoints/{sam.filename}"' in head_base
-    for model in downloads.HUB_MODELS:
-        assert f'model_path = "{model.repo_id}"' in (REPO / model.config).read_text()
+    for model in downloads.HUB_MODELS:  # the LMM, or one of MGM's two towers
+        text = (REPO / model.config).read_text()
+        assert any(
+            f'{k} = "{model.repo_id}"' in text for k in ("model_path", "clip_path", "convnext_path")
+        )
 
 
 def test_unsupported_checkpoints_are_refused_with_the_reason(tmp_path, capsys) -> None:

@@ -100,7 +100,7 @@ def hg_geometry(dims: LMMDims) -> HGGeometry:
     if not dims.fixed_grid:
         raise ValueError(
             "the HG head needs the attention on one fixed g x g grid, but these LMMDims read it on "
-            "a per-image grid; build the LLaVA-NeXT adapter with attention_grid='base'"
+            "a per-image grid; build the LLaVA-NeXT or MGM adapter with attention_grid='base'"
         )
     if dims.vision_channels < 16:
         raise ValueError(

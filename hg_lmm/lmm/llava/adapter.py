@@ -101,12 +101,14 @@ class LlavaAdapter(FrozenLMMAdapter):
         return image_embeds, project(picked)
 
     def embed_inputs(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> EmbeddedInputs:
-        """The one `<image>` token is replaced by the N image embeddings, as LLaVA merges them."""
-        where = (input_ids == self.image_token_id).nonzero().flatten()
+        """The one `<image>` token is replaced by the N image embeddings, as LLaVA merges them.
+        Its own embedding is never looked up (MGM's `<image>` id lies past the vocabulary)."""
+        is_image = input_ids == self.image_token_id
+        where = is_image.nonzero().flatten()
         if len(where) != 1:
             raise ValueError(f"expected exactly one {IMAGE_TOKEN} token, found {len(where)}")
         i, n = int(where[0]), image_embeds.shape[0]
-        text = self.lmm.get_input_embeddings()(input_ids)
+        text = self.lmm.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
         embeds = torch.cat([text[:i], image_embeds.to(text.dtype), text[i + 1 :]])[None]
         positions = torch.arange(len(input_ids), device=input_ids.device)
         positions = torch.where(positions > i, positions + n - 1, positions)
