@@ -364,7 +364,8 @@ class FrozenLMMAdapter(nn.Module, ABC):
         prefix: int,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One decoder pass of the captions (the tokens after `prefix`) over the prefix's KV
-        cache (shared, never modified): per sample (attn [L, H, R_b, g, g], hidden [L, R_b, D])."""
+        cache (shared, never modified): per sample (attn as `grid_attention` gives it, e.g.
+        [L, H, R_b, g, g]; hidden [L, R_b, D])."""
         embed = self.language_model.get_input_embeddings()
         start = head.embeds.shape[1]  # where the captions start in the embedded sequence
         tails = [ids[prefix:].to(self.device) for ids in input_ids]
@@ -392,10 +393,10 @@ class FrozenLMMAdapter(nn.Module, ABC):
                 use_cache=True,
                 return_dict=True,
             )
-        attn, hidden, g = capture.attn, capture.hidden, self.dims.grid
+        attn, hidden = capture.attn, capture.hidden
         del capture, cache
         return [
-            (attn[:, b, :, : len(r)].unflatten(-1, (g, g)), hidden[:, b, : len(r)])
+            (self.grid_attention(attn[:, b, :, : len(r)]), hidden[:, b, : len(r)])
             for b, r in enumerate(rows)
         ]
 

@@ -13,7 +13,14 @@ import torch
 from hg_lmm.lmm.processors import letterbox_meta
 from tests.lmm._helpers import eager_reference, vision_calls
 
-ADAPTERS = ("llava", "deepseek_vl_1.3b", "deepseek_vl_7b")
+ADAPTERS = (
+    "llava",
+    "deepseek_vl_1.3b",
+    "deepseek_vl_7b",
+    "mgm_gemma",
+    "mgm_vicuna",
+    "mgm_vicuna_hd",
+)
 # Captions of 1 to 9 tokens, one phrase or several: a batch of them is right-padded.
 CAPTIONS = [
     [("the red circle", 0), (" and", -1), (" the blue square", 1)],
@@ -30,6 +37,11 @@ def adapter(request, tmp_path_factory):
         from hg_lmm.testing.tiny_models import tiny_llava_adapter
 
         return tiny_llava_adapter(cache_dir=folder)
+    if request.param.startswith("mgm_"):
+        from hg_lmm.testing.tiny_mgm import tiny_mgm_adapter
+
+        # MGM-HD reads its attention through its own grid_attention (global + crops).
+        return tiny_mgm_adapter(variant=request.param[4:], cache_dir=folder)
     from hg_lmm.testing.tiny_deepseek_vl import tiny_deepseek_vl_adapter
 
     return tiny_deepseek_vl_adapter(cache_dir=folder, style=request.param.rsplit("_", 1)[1])
@@ -103,9 +115,10 @@ def test_prefix_runs_once_and_captions_in_passes(adapter):
         adapter.extract_group(samples, batch_size=3)
     finally:
         handle.remove()
+    # The image's decoder tokens (MGM-HD: the global view's and the crops').
+    image_embeds, _ = adapter.encode_image(samples[0]["pixel_values"][None])
     prompt = adapter.embed_inputs(
-        samples[0]["input_ids"][: samples[0]["caption_start"]],
-        torch.zeros(adapter.dims.num_image_tokens, adapter.dims.hidden_size),
+        samples[0]["input_ids"][: samples[0]["caption_start"]], image_embeds
     ).embeds.shape[1]
     tails = [len(s["input_ids"]) - s["caption_start"] for s in samples]
     assert lengths == [(1, prompt), (3, max(tails[:3])), (1, tails[3])]
