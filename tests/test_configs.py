@@ -42,3 +42,24 @@ def test_absolute_path_detector():
     assert _ABSOLUTE.match("openmmlab:s3://bucket")
     assert not _ABSOLUTE.match("data/coco/annotations")
     assert not _ABSOLUTE.match("deepseek-ai/deepseek-vl-1.3b-chat")
+
+
+def test_tiny_mgm_config_builds_and_tokenises(tmp_path, toy_root):
+    """configs/tiny/hg_tiny_mgm_toy.py: the tiny MGM in place of the tiny LLaVA, with MGM's
+    tokenizer and Gemma prompt on every training set (one <image> token per sample)."""
+    from mmengine.config import Config
+
+    from hg_lmm.lmm.mgm.adapter import MGMAdapter
+    from hg_lmm.utils.build import build
+
+    cfg = Config.fromfile(CONFIG_DIR / "tiny" / "hg_tiny_mgm_toy.py")
+    cache = str(tmp_path / "mgm_gemma")
+    cfg.model.lmm.cache_dir = cache
+    model = build(cfg.model)
+    assert isinstance(model.lmm, MGMAdapter)
+    for dataset in cfg.train_dataloader.dataset.datasets:
+        dataset.transform.tokenizer.cache_dir = cache
+        dataset.data_root = str(toy_root)
+        sample = build(dataset)[0]
+        ids = list(sample["input_ids"])
+        assert ids.count(model.lmm.image_token_id) == 1, dataset.type
