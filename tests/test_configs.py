@@ -58,6 +58,8 @@ def test_tiny_mgm_config_builds_and_tokenises(tmp_path, toy_root):
     model = build(cfg.model)
     assert isinstance(model.lmm, MGMAdapter)
     for dataset in cfg.train_dataloader.dataset.datasets:
+        # The captions are tokenised after the prompt the adapter itself uses (Gemma's).
+        assert build(dataset.transform.prompt) == model.lmm.train_prompt
         dataset.transform.tokenizer.cache_dir = cache
         dataset.data_root = str(toy_root)
         sample = build(dataset)[0]
